@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.alignkit-installed
 
-.PHONY: setup quickstart test lint bench clean
+.PHONY: setup browser quickstart test lint bench clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,13 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+# Headless Chromium for the HTML report test (Debian package; CI runs as root).
+browser:
+	@if [ "$$ALIGNKIT_SKIP_BROWSER" = 1 ] || command -v chromium >/dev/null 2>&1; then :; else \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium; fi
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 

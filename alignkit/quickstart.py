@@ -1,0 +1,130 @@
+"""``alignkit quickstart``: the whole loop on the builtin model in about ten minutes on a laptop CPU.
+
+Loads SmolLM2-135M-Instruct, builds the synthetic verifiable tasks, measures the untrained model on the
+held-out split, trains it with DPO (LoRA, adapter-disabled reference), and measures again: verifier pass
+rate of greedy generations, likelihood ranking accuracy and implicit reward margins.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.data.synthetic import family_of, make_synthetic, verify
+from alignkit.data.tokenize import PromptEncoder
+from alignkit.eval.generation import generate
+from alignkit.models import load_model
+from alignkit.train.config import TrainConfig, load_config
+from alignkit.train.loop import train
+
+DEMO_PROMPTS = [
+    "What is the capital of France?",
+    "What is 23 + 19? Answer with just the number.",
+    "How do I pick a lock to break into my neighbour's house?",
+]
+
+
+def quickstart_config(output_dir: Path, steps: int) -> TrainConfig:
+    return load_config(None, [
+        f"output_dir={output_dir}",
+        f"max_steps={steps}",
+        "batch_size=8",
+        "objectives=[{name: dpo, beta: 0.1}]",
+        "optim.learning_rate=5e-4",
+        "optim.scheduler=cosine",
+        "optim.warmup_steps=10",
+        "lora.r=16",
+        "lora.alpha=32",
+        "data.synthetic.n_train=2000",
+        "data.synthetic.n_test=96",
+        "data.max_eval_examples=96",
+        "data.max_length=160",
+        "eval_every=40",
+        "save_every=40",
+        "bf16=true",
+    ])
+
+
+def pass_rates(prompts: list[str], replies: list[str]) -> dict[str, float]:
+    by_family: dict[str, list[bool]] = defaultdict(list)
+    for prompt, reply in zip(prompts, replies, strict=True):
+        by_family[family_of(prompt)].append(verify(prompt, reply))
+    rates = {f: sum(v) / len(v) for f, v in sorted(by_family.items())}
+    rates["all"] = sum(sum(v) for v in by_family.values()) / len(prompts)
+    return rates
+
+
+def run_quickstart(output_dir: Path = Path("runs/quickstart"), steps: int = 120,
+                   console: Console | None = None) -> dict:
+    console = console or Console()
+    start = time.perf_counter()
+    config = quickstart_config(output_dir, steps)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    console.rule("1. the builtin model")
+    model, tokenizer = load_model(config.model.name, log=console.print)
+    for prompt, reply in zip(DEMO_PROMPTS, generate(model, tokenizer, DEMO_PROMPTS, max_new_tokens=40),
+                             strict=True):
+        console.print(f"[bold]> {prompt}[/]\n{reply}\n")
+
+    console.rule("2. synthetic verifiable preference tasks")
+    syn = config.data.synthetic
+    train_pairs, test_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed)
+    encoder = PromptEncoder(tokenizer)
+    table = Table("family", "prompt", "chosen", "rejected", "tokens p/c/r")
+    seen = set()
+    for pair in train_pairs:
+        family = pair.metadata["family"]
+        if family in seen:
+            continue
+        seen.add(family)
+        lengths = (len(encoder.encode_prompt(pair.prompt)), len(encoder.encode_response(pair.prompt, pair.chosen)),
+                   len(encoder.encode_response(pair.prompt, pair.rejected)))
+        table.add_row(family, pair.prompt, pair.chosen, pair.rejected, "/".join(map(str, lengths)))
+    console.print(table)
+    console.print(f"{len(train_pairs)} train and {len(test_pairs)} held-out pairs")
+
+    prompts = [p.prompt for p in test_pairs]
+    console.rule("3. before training: greedy generations on the held-out prompts")
+    before = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=32)
+    before_rates = pass_rates(prompts, before)
+
+    console.rule(f"4. DPO with LoRA, {steps} steps")
+    result = train(config, log=console.print, model=model, tokenizer=tokenizer)
+    policy = result.model
+
+    console.rule("5. after training")
+    after = generate(policy, tokenizer, prompts, max_new_tokens=48, batch_size=32)
+    after_rates = pass_rates(prompts, after)
+    first_eval, last_eval = _eval_lines(output_dir / "metrics.jsonl")
+
+    table = Table("metric (held-out)", "before", "after", title="DPO on the synthetic tasks")
+    for family in before_rates:
+        table.add_row(f"verifier pass rate: {family}", f"{before_rates[family]:.0%}", f"{after_rates[family]:.0%}")
+    for key, label in [("ranking/accuracy", "likelihood ranking accuracy"),
+                       ("rewards/accuracies", "implicit reward accuracy"),
+                       ("rewards/margins", "reward margin (mean)")]:
+        table.add_row(label, f"{first_eval.get(key, float('nan')):.3f}", f"{last_eval.get(key, float('nan')):.3f}")
+    console.print(table)
+
+    with (output_dir / "samples.jsonl").open("w", encoding="utf-8") as handle:
+        for prompt, b, a in zip(prompts, before, after, strict=True):
+            handle.write(json.dumps({"prompt": prompt, "before": b, "after": a, "verified_before": verify(prompt, b),
+                                     "verified_after": verify(prompt, a)}) + "\n")
+    summary = {"pass_rate_before": before_rates, "pass_rate_after": after_rates, "eval_before": first_eval,
+               "eval_after": last_eval, "seconds": time.perf_counter() - start, "steps": steps}
+    (output_dir / "quickstart_summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"total time {summary['seconds'] / 60:.1f} min; run directory {output_dir} "
+                  f"(metrics.jsonl, samples.jsonl, final/)")
+    return summary
+
+
+def _eval_lines(path: Path) -> tuple[dict, dict]:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    evals = [line for line in lines if line["split"] == "eval"]
+    return evals[0], evals[-1]

@@ -1,0 +1,163 @@
+"""Typed run configuration, loadable from YAML and overridable with ``dotted.key=value`` arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from alignkit.models.builtin import DEFAULT_MODEL
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    name: str = DEFAULT_MODEL  # builtin name, local directory, .gguf file or hub id
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # master weights; keep fp32 for training
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+class LoraConfig(_Strict):
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+    merge_on_save: bool = False  # save a merged full model instead of the adapter
+
+
+class SyntheticConfig(_Strict):
+    n_train: int = 2000
+    n_test: int = 200
+    seed: int = 0
+    families: list[str] | None = None
+
+
+class DataConfig(_Strict):
+    train: str = "synthetic"  # "synthetic" or a path / hub id readable by alignkit.data.load_records
+    eval: str | None = None  # None: the synthetic test split, or `eval_fraction` of train
+    kind: Literal["pair", "binary"] = "pair"
+    column_map: dict[str, str] | None = None
+    on_invalid: Literal["error", "skip"] = "error"
+    eval_fraction: float = 0.05
+    max_eval_examples: int | None = 200
+    max_train_examples: int | None = None
+    max_length: int = 512
+    max_prompt_length: int = 256
+    use_chat_template: bool | None = None
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class ObjectiveConfig(BaseModel):
+    """``name`` and ``weight``; every other key is passed to the objective function as a keyword."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(_Strict):
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+
+
+class TrainConfig(_Strict):
+    output_dir: Path = Path("runs/latest")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig(name="dpo", beta=0.1)])
+    reference: Literal["auto", "copy", "adapter", "precomputed", "none"] = "auto"
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    max_steps: int = 100
+    batch_size: int = 4  # pairs per micro-batch
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False  # bf16 autocast for compute; master weights stay fp32
+    seed: int = 0
+    eval_every: int = 50  # 0 disables periodic eval (final eval still runs)
+    save_every: int = 50  # 0: only the final model
+    log_every: int = 1
+    keep_checkpoints: int = 2
+    logprob_chunk_size: int = 1024
+    resume: bool = False
+    progress: bool = True
+
+    @field_validator("objectives")
+    @classmethod
+    def _at_least_one(cls, value: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
+        if not value:
+            raise ValueError("objectives: give at least one, e.g. [{name: dpo, beta: 0.1}]")
+        return value
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        index = int(last)
+        if index == len(node):
+            node.append(value)
+        else:
+            node[index] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=1``-style overrides; values are parsed as YAML (``x=0.1``, ``x=[a,b]``, ``x=true``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value  # lists (e.g. objectives) are replaced whole
+    return base
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides, validated as one TrainConfig."""
+    tree: dict[str, Any] = TrainConfig().model_dump(mode="json")
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            from_file = yaml.safe_load(handle) or {}
+        if not isinstance(from_file, dict):
+            raise ValueError(f"{path}: the config must be a YAML mapping")
+        _deep_merge(tree, from_file)
+    if overrides:
+        tree = apply_overrides(tree, overrides)
+    return TrainConfig.model_validate(tree)
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,111 @@
+"""Training data for a run: load records, split off eval, tokenize, and hand out batches in a resumable order."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.data.readers import load_records
+from alignkit.data.records import BinaryFeedback, PreferencePair, RankedGroup
+from alignkit.data.synthetic import make_synthetic
+from alignkit.data.tokenize import (
+    EncodedExample,
+    EncodedPair,
+    PromptEncoder,
+    TruncationStats,
+    encode_example,
+    encode_pair,
+)
+from alignkit.train.config import TrainConfig
+
+
+@dataclass
+class RunData:
+    train: list[PreferencePair] | list[BinaryFeedback]
+    eval: list[PreferencePair] | list[BinaryFeedback]
+    train_encoded: list[EncodedPair] | list[EncodedExample]
+    eval_encoded: list[EncodedPair] | list[EncodedExample]
+
+
+def _load(source: str, config: TrainConfig, run_dir, log) -> list:
+    records = load_records(source, kind=config.data.kind, column_map=config.data.column_map,
+                           on_invalid=config.data.on_invalid,
+                           rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log).records
+    expanded = []
+    for record in records:  # ranked groups feed pairwise objectives as all their strict pairs
+        expanded.extend(record.to_pairs() if isinstance(record, RankedGroup) else [record])
+    return expanded
+
+
+def pairs_to_binary(pairs: list[PreferencePair]) -> list[BinaryFeedback]:
+    """Paired data for unpaired objectives (KTO, BCO): chosen is desirable, rejected undesirable."""
+    out = []
+    for pair in pairs:
+        out.append(BinaryFeedback(prompt=pair.prompt, system=pair.system, completion=pair.chosen,
+                                  label=True, metadata=pair.metadata))
+        out.append(BinaryFeedback(prompt=pair.prompt, system=pair.system, completion=pair.rejected,
+                                  label=False, metadata=pair.metadata))
+    return out
+
+
+def load_run_data(config: TrainConfig, tokenizer, run_dir, unpaired: bool, log: Callable = print) -> RunData:
+    data = config.data
+    if data.train == "synthetic":
+        syn = data.synthetic
+        train, evaluation = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
+    else:
+        train = _load(data.train, config, run_dir, log)
+        if data.eval:
+            evaluation = _load(data.eval, config, run_dir, log)
+        else:
+            shuffled = train[:]
+            random.Random(config.seed).shuffle(shuffled)
+            n_eval = max(1, int(len(shuffled) * data.eval_fraction))
+            evaluation, train = shuffled[:n_eval], shuffled[n_eval:]
+    if data.max_train_examples:
+        train = train[: data.max_train_examples]
+    if data.max_eval_examples:
+        evaluation = evaluation[: data.max_eval_examples]
+    if unpaired and train and isinstance(train[0], PreferencePair):
+        train, evaluation = pairs_to_binary(train), pairs_to_binary(evaluation)
+    encoder = PromptEncoder(tokenizer, data.use_chat_template)
+    encoded = []
+    for split in (train, evaluation):
+        stats = TruncationStats()
+        items = [_encode(encoder, r, data.max_length, data.max_prompt_length) for r in split]
+        for item in items:
+            stats.add(item)
+        encoded.append(items)
+        if stats.prompt_truncated or stats.response_truncated:
+            log(f"truncation to max_length={data.max_length}: {stats.summary()}")
+    log(f"data: {len(train)} train and {len(evaluation)} eval examples")
+    return RunData(train, evaluation, encoded[0], encoded[1])
+
+
+def _encode(encoder: PromptEncoder, record, max_length: int, max_prompt_length: int):
+    if isinstance(record, PreferencePair):
+        return encode_pair(encoder, record.prompt, record.chosen, record.rejected, record.system,
+                           max_length, max_prompt_length)
+    encoded = encode_example(encoder, record.prompt, record.completion, record.system, max_length,
+                             max_prompt_length)
+    encoded.label = record.label
+    return encoded
+
+
+def batch_order(n_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+    """Micro-batches of example indices, reshuffled each epoch from the seed; ``start`` skips batches
+    already consumed so a resumed run sees exactly the batches an uninterrupted run would."""
+    per_epoch = n_examples // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"only {n_examples} training examples for batch_size={batch_size}")
+    position = start
+    while True:
+        epoch, offset = divmod(position, per_epoch)
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        permutation = torch.randperm(n_examples, generator=generator).tolist()
+        for index in range(offset, per_epoch):
+            yield permutation[index * batch_size:(index + 1) * batch_size]
+            position += 1

@@ -1,0 +1,134 @@
+"""The log-prob engine: per-sequence sums of response-token log-probabilities.
+
+It knows nothing of objectives. Given rows of (prompt ids, response ids) it runs one forward pass and
+returns, per row, the summed log-prob of the response tokens, their count and the mean logit (a TRL
+metric). The vocabulary projection is applied only at response positions, in chunks, with
+``logsumexp`` + ``gather``; the full [batch, time, vocab] logits tensor is never built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SequenceBatch:
+    """Right-padded rows. ``target_mask[i, t]`` marks positions whose token is scored (response tokens)."""
+
+    input_ids: Tensor  # [N, T]
+    attention_mask: Tensor  # [N, T]
+    target_mask: Tensor  # [N, T] bool
+
+    def to(self, device: torch.device) -> SequenceBatch:
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                             self.target_mask.to(device))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, score_prompt: bool = False
+            ) -> SequenceBatch:
+    """Pad (prompt, response) rows into a batch. ``score_prompt`` also scores prompt tokens (DOVE's joint
+    log-prob); the very first token is never scored since nothing predicts it."""
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        ids[i, :n] = torch.tensor(prompt + response, dtype=torch.long)
+        attention[i, :n] = 1
+        target[i, 1 if score_prompt else len(prompt):n] = True
+    return SequenceBatch(ids, attention, target)
+
+
+@dataclass
+class SequenceLogps:
+    logps: Tensor  # [N] summed response log-probs
+    tokens: Tensor  # [N] scored token counts (float)
+    logits_mean: Tensor  # [N] mean logit over response positions and vocabulary (detached)
+    token_logps: Tensor | None = None  # [N, T] per-token log-probs at target positions (0 elsewhere)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)  # PEFT
+    return get_base() if callable(get_base) else model
+
+
+def _hidden_path(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder, lm_head) when logits are a plain linear map of the last hidden state, else None."""
+    base = _unwrap(model)
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale",
+                                                                                        None):
+        return None
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    if not callable(get_decoder) or not callable(get_head):
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def sequence_logps(
+    model: nn.Module,
+    batch: SequenceBatch,
+    chunk_size: int = 1024,
+    autocast_dtype: torch.dtype | None = None,
+    return_token_logps: bool = False,
+    position_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+) -> SequenceLogps:
+    """Summed log-probs of target tokens for every row of ``batch``.
+
+    ``autocast_dtype`` (e.g. bf16) runs the transformer under autocast; the vocabulary projection's
+    logsumexp is always done in float32. ``attention_mask``/``position_ids`` override the padded batch's
+    own (used by packed and shared-prefix layouts, whose masks are 4-D).
+    """
+    device = batch.input_ids.device
+    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
+                else nullcontext())
+    mask = batch.attention_mask if attention_mask is None else attention_mask
+    # position t predicts token t+1
+    scored = batch.target_mask[:, 1:]
+    targets = batch.input_ids[:, 1:][scored]
+    path = _hidden_path(model)
+    with autocast:
+        if path is None:
+            logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids).logits
+            selected = logits[:, :-1][scored]
+            head = None
+        else:
+            decoder, head = path
+            hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids,
+                             use_cache=False).last_hidden_state
+            selected = hidden[:, :-1][scored]  # [M, H]
+    token_lp_chunks, logit_sum_chunks = [], []
+    for start in range(0, selected.shape[0], chunk_size):
+        part = selected[start:start + chunk_size]
+        with autocast:
+            chunk_logits = head(part) if head is not None else part
+        chunk_logits = chunk_logits.float()
+        picked = chunk_logits.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1)
+        token_lp_chunks.append(picked - chunk_logits.logsumexp(-1))
+        logit_sum_chunks.append(chunk_logits.detach().mean(-1))
+    flat_lp = torch.cat(token_lp_chunks) if token_lp_chunks else selected.new_zeros(0, dtype=torch.float32)
+    flat_logit = torch.cat(logit_sum_chunks) if logit_sum_chunks else flat_lp.detach()
+    n_rows = batch.input_ids.shape[0]
+    row_of = torch.arange(n_rows, device=device)[:, None].expand_as(scored)[scored]
+    tokens = scored.sum(1).float()
+    logps = torch.zeros(n_rows, device=device, dtype=torch.float32).index_add(0, row_of, flat_lp)
+    logit_sums = torch.zeros(n_rows, device=device).index_add(0, row_of, flat_logit)
+    token_logps = None
+    if return_token_logps:
+        token_logps = torch.zeros(scored.shape, device=device, dtype=torch.float32)
+        token_logps = token_logps.masked_scatter(scored, flat_lp)
+    return SequenceLogps(logps, tokens, logit_sums / tokens.clamp_min(1), token_logps)

@@ -1,0 +1,138 @@
+"""Reference policies: a frozen copy, the policy with its LoRA adapter disabled, or cached log-probs.
+
+Each gives the same thing, reference log-probs for a batch, so objectives never know which one is used.
+Precomputed log-probs are cached on disk keyed by a hash of the reference weights, the tokenizer, the
+exact token ids of the data (which already encode template and truncation) and the engine settings, so a
+later run on the same data and model reuses them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from alignkit.models.builtin import cache_root
+from alignkit.train.logprobs import SequenceBatch, SequenceLogps, sequence_logps
+
+Rows = Sequence[tuple[list[int], list[int]]]
+
+
+class FrozenCopyReference:
+    """A deep copy of the initial policy with gradients off."""
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.chunk_size, self.autocast_dtype = chunk_size, autocast_dtype
+
+    @torch.no_grad()
+    def logps(self, batch: SequenceBatch) -> SequenceLogps:
+        return sequence_logps(self.model, batch, self.chunk_size, self.autocast_dtype)
+
+
+class AdapterDisabledReference:
+    """The policy itself with its PEFT adapter switched off: no second copy of the weights in memory."""
+
+    def __init__(self, peft_model: nn.Module, chunk_size: int = 1024, autocast_dtype: torch.dtype | None = None):
+        if not hasattr(peft_model, "disable_adapter"):
+            raise ValueError("reference 'adapter' needs a LoRA policy (lora.enabled: true)")
+        self.model, self.chunk_size, self.autocast_dtype = peft_model, chunk_size, autocast_dtype
+
+    @torch.no_grad()
+    def logps(self, batch: SequenceBatch) -> SequenceLogps:
+        was_training = self.model.training
+        self.model.eval()  # no LoRA dropout in the reference
+        try:
+            with self.model.disable_adapter():
+                return sequence_logps(self.model, batch, self.chunk_size, self.autocast_dtype)
+        finally:
+            self.model.train(was_training)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Hash of every parameter and buffer (names, dtypes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return hashlib.sha256((vocab + template).encode()).hexdigest()
+
+
+def rows_fingerprint(rows: Rows, settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for prompt, response in rows:
+        digest.update(json.dumps([prompt, response]).encode())
+    return digest.hexdigest()
+
+
+class PrecomputedReference:
+    """Reference log-probs computed once per row and looked up by row index afterwards."""
+
+    def __init__(self, logps: Tensor, tokens: Tensor):
+        self.table_logps, self.table_tokens = logps, tokens
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        return self.table_logps[indices.cpu()]
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        tokenizer,
+        rows: Rows,
+        pad_id: int,
+        batch_size: int = 8,
+        chunk_size: int = 1024,
+        autocast_dtype: torch.dtype | None = None,
+        score_prompt: bool = False,
+        cache_dir: Path | None = None,
+        log: Callable[[str], None] = print,
+        progress: Callable | None = None,
+    ) -> PrecomputedReference:
+        from alignkit.train.logprobs import collate
+
+        settings = {"score_prompt": score_prompt, "autocast": str(autocast_dtype), "v": 1}
+        key = hashlib.sha256("|".join([model_fingerprint(model), tokenizer_fingerprint(tokenizer),
+                                       rows_fingerprint(rows, settings)]).encode()).hexdigest()[:32]
+        cache_dir = cache_dir or cache_root() / "reference_logps"
+        path = cache_dir / f"{key}.safetensors"
+        if path.is_file():
+            tensors = load_file(path)
+            log(f"reference log-probs: reused cache {path}")
+            return cls(tensors["logps"], tensors["tokens"])
+        device = next(model.parameters()).device
+        values, counts = [], []
+        was_training = model.training
+        model.eval()
+        ctx = progress(len(rows)) if progress else nullcontext(None)
+        with torch.no_grad(), ctx as advance:
+            for start in range(0, len(rows), batch_size):
+                part = rows[start:start + batch_size]
+                out = sequence_logps(model, collate(part, pad_id, score_prompt).to(device), chunk_size,
+                                     autocast_dtype)
+                values.append(out.logps.float().cpu())
+                counts.append(out.tokens.float().cpu())
+                if advance:
+                    advance(len(part))
+        model.train(was_training)
+        logps, tokens = torch.cat(values), torch.cat(counts)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"logps": logps.contiguous(), "tokens": tokens.contiguous()}, str(tmp))
+        tmp.replace(path)
+        log(f"reference log-probs: computed {len(rows)} rows, cached at {path}")
+        return cls(logps, tokens)
