@@ -17,12 +17,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch import Tensor, nn
+from torch import nn
 from transformers import get_scheduler
 
 from alignkit.models import load_model
-from alignkit.objectives import OBJECTIVES, PairLogps, UnpairedLogps, get_objective
-from alignkit.objectives.base import ObjectiveSpec
 from alignkit.train.checkpoint import (
     CheckpointError,
     TrainerState,
@@ -31,12 +29,10 @@ from alignkit.train.checkpoint import (
     save_checkpoint,
 )
 from alignkit.train.config import TrainConfig, dump_config
-from alignkit.train.data import RunData, batch_order, load_run_data
-from alignkit.train.logprobs import collate, sequence_logps
+from alignkit.train.data import batch_order
+from alignkit.train.methods import BatchContext, Method, build_method
 from alignkit.train.progress import TrainProgress
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
-
-JOINT_OBJECTIVES = {"dove"}  # score prompt + response tokens (joint log-prob)
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,22 +52,15 @@ class RunResult:
 # ---------------------------------------------------------------- set-up pieces
 
 
-def resolve_objectives(config: TrainConfig) -> list[tuple[ObjectiveSpec, float, dict]]:
-    resolved = [(get_objective(o.name), o.weight, o.params) for o in config.objectives]
-    kinds = {spec.inputs for spec, _, _ in resolved}
-    if len(kinds) > 1:
-        raise ValueError(f"objectives {[o.name for o in config.objectives]} mix paired and unpaired inputs")
-    return resolved
-
-
-def resolve_reference_mode(config: TrainConfig, objectives) -> str:
-    needs = any(spec.needs_reference for spec, _, _ in objectives)
+def resolve_reference_mode(config: TrainConfig, method: Method) -> str:
     mode = config.reference
-    if not needs:
+    if not method.needs_reference:
         return "none"
     if mode == "none":
-        names = [spec.name for spec, _, _ in objectives if spec.needs_reference]
-        raise ValueError(f"reference: none, but objectives {names} need a reference model")
+        raise ValueError(f"reference: none, but objectives {[o.name for o in config.objectives]} need a "
+                         f"reference model")
+    if mode == "precomputed" and not method.precomputable_reference:
+        raise ValueError("this method's reference log-probs depend on the policy's samples; use copy or adapter")
     if mode == "auto":
         return "adapter" if config.lora.enabled else "copy"
     return mode
@@ -90,125 +79,6 @@ def attach_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     return get_peft_model(model, peft_config)
 
 
-# ---------------------------------------------------------------- one batch
-
-
-@dataclass
-class BatchContext:
-    model: nn.Module
-    reference: object | None
-    pad_id: int
-    chunk_size: int
-    autocast_dtype: torch.dtype | None
-    score_prompt: bool
-    device: torch.device
-
-
-def pair_logps(ctx: BatchContext, items, indices: list[int], precomputed: PrecomputedReference | None,
-               all_items=None) -> tuple[PairLogps, int]:
-    """Chosen and rejected rows go through one forward pass."""
-    rows = [(p.prompt, p.chosen) for p in items] + [(p.prompt, p.rejected) for p in items]
-    batch = collate(rows, ctx.pad_id, ctx.score_prompt).to(ctx.device)
-    out = sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype)
-    n = len(items)
-    ref_c = ref_r = None
-    if precomputed is not None:
-        idx = torch.tensor(indices)
-        ref_c = precomputed.lookup(2 * idx).to(ctx.device)
-        ref_r = precomputed.lookup(2 * idx + 1).to(ctx.device)
-    elif ctx.reference is not None:
-        ref = ctx.reference.logps(batch)
-        ref_c, ref_r = ref.logps[:n], ref.logps[n:]
-    logps = PairLogps(out.logps[:n], out.logps[n:], out.tokens[:n], out.tokens[n:], ref_c, ref_r,
-                      out.logits_mean[:n], out.logits_mean[n:])
-    return logps, batch.num_tokens
-
-
-def unpaired_logps(ctx: BatchContext, items, indices: list[int], precomputed: PrecomputedReference | None,
-                   all_items) -> tuple[UnpairedLogps, int]:
-    """KTO's KL term uses mismatched prompt/completion rows: example i's prompt with the completion of
-    example i+1 of the dataset (not of the batch), so reference log-probs for them can be precomputed."""
-    n = len(all_items)
-    rows = [(e.prompt, e.response) for e in items]
-    kl_rows = [(all_items[i].prompt, all_items[(i + 1) % n].response) for i in indices]
-    batch = collate(rows, ctx.pad_id, ctx.score_prompt).to(ctx.device)
-    out = sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype)
-    kl_batch = collate(kl_rows, ctx.pad_id, ctx.score_prompt).to(ctx.device)
-    with torch.no_grad():
-        kl_policy = sequence_logps(ctx.model, kl_batch, ctx.chunk_size, ctx.autocast_dtype).logps
-    ref = kl_ref = None
-    if precomputed is not None:
-        ref = precomputed.lookup(2 * torch.tensor(indices)).to(ctx.device)
-        kl_ref = precomputed.lookup(2 * torch.tensor(indices) + 1).to(ctx.device)
-    elif ctx.reference is not None:
-        ref = ctx.reference.logps(batch).logps
-        kl_ref = ctx.reference.logps(kl_batch).logps
-    label = torch.tensor([bool(e.label) for e in items], device=ctx.device)
-    logps = UnpairedLogps(out.logps, out.tokens, label, ref, kl_policy, kl_ref, out.logits_mean)
-    return logps, batch.num_tokens + kl_batch.num_tokens
-
-
-def combine_objectives(objectives, logps, objective_state: dict, training: bool
-                       ) -> tuple[Tensor, dict[str, float]]:
-    total, metrics = None, {}
-    for spec, weight, params in objectives:
-        kwargs = dict(params)
-        if spec.stateful:
-            kwargs["state"] = objective_state.setdefault(spec.name, {})
-            kwargs["training"] = training
-        out = spec.fn(logps, **kwargs)
-        loss = out.loss.mean()
-        total = weight * loss if total is None else total + weight * loss
-        if len(objectives) > 1:
-            metrics[f"loss/{spec.name}"] = loss.item()
-        for key, value in out.metrics.items():
-            metrics.setdefault(key, float(value))
-    if isinstance(logps, PairLogps):
-        metrics["ranking/accuracy"] = (logps.chosen > logps.rejected).float().mean().item()
-        metrics["ranking/accuracy_normalized"] = (
-            (logps.chosen / logps.chosen_tokens) > (logps.rejected / logps.rejected_tokens)
-        ).float().mean().item()
-    metrics["loss"] = total.item()
-    return total, metrics
-
-
-def _example_rows(items, paired: bool) -> list[tuple[list[int], list[int]]]:
-    """Row layout for precomputing reference log-probs: two rows per example, in index order."""
-    rows = []
-    n = len(items)
-    for i, item in enumerate(items):
-        if paired:
-            rows += [(item.prompt, item.chosen), (item.prompt, item.rejected)]
-        else:  # the example itself, then its KL partner (see unpaired_logps)
-            rows += [(item.prompt, item.response), (item.prompt, items[(i + 1) % n].response)]
-    return rows
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(ctx: BatchContext, objectives, items, batch_size: int, objective_state: dict,
-             eval_reference: PrecomputedReference | None) -> dict[str, float]:
-    was_training = ctx.model.training
-    ctx.model.eval()
-    paired = objectives[0][0].inputs == "pair"
-    sums: dict[str, float] = {}
-    count = 0
-    for start in range(0, len(items), batch_size):
-        part = items[start:start + batch_size]
-        if paired or len(part) > 1:
-            indices = list(range(start, start + len(part)))
-            build = pair_logps if paired else unpaired_logps
-            logps, _ = build(ctx, part, indices, eval_reference, items)
-            _, metrics = combine_objectives(objectives, logps, objective_state, training=False)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value * len(part)
-            count += len(part)
-    ctx.model.train(was_training)
-    return {key: value / max(count, 1) for key, value in sums.items()}
-
-
 # ---------------------------------------------------------------- the recipe
 
 
@@ -223,27 +93,23 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
                               cpu=config.model.device == "cpu")
     autocast_dtype = torch.bfloat16 if config.bf16 else None
 
-    objectives = resolve_objectives(config)
-    paired = objectives[0][0].inputs == "pair"
-    reference_mode = resolve_reference_mode(config, objectives)
-    score_prompt = any(spec.name in JOINT_OBJECTIVES for spec, _, _ in objectives)
+    method = build_method(config)
+    reference_mode = resolve_reference_mode(config, method)
 
     if model is None:
         model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=config.model.device,
                                       trust_remote_code=config.model.trust_remote_code, log=log)
     model.to(accelerator.device)
-    data: RunData = load_run_data(config, tokenizer, out_dir, unpaired=not paired, log=log)
+    train_items, eval_items = method.load(tokenizer, out_dir, log)
     (out_dir / "config.yaml").write_text(dump_config(config))
 
     precomputed = eval_precomputed = None
     if reference_mode == "precomputed":  # computed from the initial weights, before any adapter exists
         common = dict(pad_id=tokenizer.pad_token_id, batch_size=config.batch_size,
                       chunk_size=config.logprob_chunk_size, autocast_dtype=autocast_dtype,
-                      score_prompt=score_prompt, log=log)
-        precomputed = PrecomputedReference.build(model, tokenizer, _example_rows(data.train_encoded, paired),
-                                                 **common)
-        eval_precomputed = PrecomputedReference.build(model, tokenizer,
-                                                      _example_rows(data.eval_encoded, paired), **common)
+                      score_prompt=method.score_prompt, log=log)
+        precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common)
+        eval_precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common)
     frozen = FrozenCopyReference(model, config.logprob_chunk_size, autocast_dtype) \
         if reference_mode == "copy" else None
     if config.lora.enabled:
@@ -271,16 +137,15 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
     _truncate_metrics(metrics_path, state.step)
 
     ctx = BatchContext(model, reference, tokenizer.pad_token_id, config.logprob_chunk_size, autocast_dtype,
-                       score_prompt, accelerator.device)
-    build = pair_logps if paired else unpaired_logps
-    batches = batch_order(len(data.train_encoded), config.batch_size, config.seed, start=state.micro_step)
+                       accelerator.device, tokenizer)
+    batches = batch_order(len(train_items), config.batch_size, config.seed, start=state.micro_step)
     last_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     last_good = latest_checkpoint(out_dir)
 
     if state.step == 0 and config.eval_every:  # the baseline every later eval is compared with
-        eval_metrics = evaluate(ctx, objectives, data.eval_encoded, config.batch_size, state.objective_state,
-                                eval_precomputed)
+        eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
+                                       state.objective_state)
         _append_metrics(metrics_path, 0, "eval", eval_metrics)
         log(f"eval before training: {_short(eval_metrics)}")
 
@@ -289,11 +154,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
             step_start, step_tokens, accumulated = time.perf_counter(), 0, []
             for _ in range(config.gradient_accumulation_steps):
                 indices = next(batches)
-                items = [data.train_encoded[i] for i in indices]
                 with accelerator.accumulate(model):
-                    logps, n_tokens = build(ctx, items, indices, precomputed, data.train_encoded)
-                    loss, metrics = combine_objectives(objectives, logps, state.objective_state,
-                                                       training=True)
+                    out = method.step(ctx, train_items, indices, precomputed, state.objective_state,
+                                      training=True)
+                    loss, metrics = out.loss, out.metrics
                     if not math.isfinite(metrics["loss"]):
                         raise TrainingDiverged(
                             f"non-finite loss ({metrics['loss']}) at step {state.step + 1}; last good "
@@ -310,7 +174,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
                     scheduler.step()
                     optimizer.zero_grad()
                 state.micro_step += 1
-                step_tokens += n_tokens
+                step_tokens += out.num_tokens
                 accumulated.append(metrics)
             state.step += 1
             state.tokens_seen += step_tokens
@@ -325,8 +189,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
             progress.update(state.step, last_metrics)
 
             if config.eval_every and state.step % config.eval_every == 0 and state.step < config.max_steps:
-                eval_metrics = evaluate(ctx, objectives, data.eval_encoded, config.batch_size,
-                                        state.objective_state, eval_precomputed)
+                eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
+                                               state.objective_state)
                 _append_metrics(metrics_path, state.step, "eval", eval_metrics)
                 progress.note(f"eval step {state.step}: " + _short(eval_metrics))
             if config.save_every and state.step % config.save_every == 0:
@@ -335,8 +199,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
             if stop_after_steps is not None and state.step >= stop_after_steps:
                 return RunResult(out_dir, out_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
 
-    eval_metrics = evaluate(ctx, objectives, data.eval_encoded, config.batch_size, state.objective_state,
-                            eval_precomputed)
+    eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed, state.objective_state)
     _append_metrics(metrics_path, state.step, "eval", eval_metrics)
     log(f"final eval: {_short(eval_metrics)}")
     final_dir = save_final(accelerator.unwrap_model(model), tokenizer, config, out_dir / "final")
@@ -373,4 +236,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-__all__ = ["OBJECTIVES", "RunResult", "TrainingDiverged", "train", "evaluate", "save_final"]
+__all__ = ["RunResult", "TrainingDiverged", "save_final", "train"]

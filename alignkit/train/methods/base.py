@@ -1,0 +1,100 @@
+"""A training method: how a run's data becomes a loss, batch by batch.
+
+The loop (``alignkit.train.loop``) owns optimisation, checkpoints, logging and evaluation scheduling; a
+method owns what differs between algorithms: which data it reads, which log-probs it needs, and how the
+objective functions combine them. Offline preference objectives (DPO family, KTO, BCO) share one method;
+methods such as CUT or online IPO register their own under their objective name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from alignkit.train.config import TrainConfig
+
+Rows = list[tuple[list[int], list[int]]]
+
+
+@dataclass
+class BatchContext:
+    """What a method needs to compute log-probs; built once by the loop."""
+
+    model: nn.Module
+    reference: Any | None  # FrozenCopyReference | AdapterDisabledReference | None
+    pad_id: int
+    chunk_size: int
+    autocast_dtype: torch.dtype | None
+    device: torch.device
+    tokenizer: Any = None
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor  # scalar, differentiable
+    metrics: dict[str, float]
+    num_tokens: int  # tokens fed to the model (throughput)
+
+
+class Method(ABC):
+    """One algorithm's data handling and loss; see module docstring."""
+
+    needs_reference: bool = True
+    precomputable_reference: bool = True  # reference log-probs depend only on the data rows
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    @abstractmethod
+    def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
+        """Encoded (train, eval) examples."""
+
+    @abstractmethod
+    def reference_rows(self, items: list) -> Rows:
+        """Rows whose reference log-probs ``step`` looks up by position when the reference is precomputed."""
+
+    @abstractmethod
+    def step(self, ctx: BatchContext, items: list, indices: list[int], precomputed, state: dict,
+             training: bool) -> StepOutput:
+        """Loss and metrics for the examples ``indices`` of ``items``."""
+
+    @property
+    def score_prompt(self) -> bool:
+        return False
+
+    def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
+                 ) -> dict[str, float]:
+        """Example-weighted mean of step metrics over ``items`` (no gradients, eval mode)."""
+        was_training = ctx.model.training
+        ctx.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        with torch.no_grad():
+            for start in range(0, len(items), batch_size):
+                indices = list(range(start, min(start + batch_size, len(items))))
+                if len(indices) < 2 and start:  # a lone trailing example breaks in-batch statistics
+                    continue
+                out = self.step(ctx, items, indices, precomputed, state, training=False)
+                for key, value in out.metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(indices)
+                count += len(indices)
+        ctx.model.train(was_training)
+        return {key: value / max(count, 1) for key, value in sums.items()}
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(*objective_names: str):
+    def wrap(cls: type[Method]) -> type[Method]:
+        for name in objective_names:
+            METHODS[name] = cls
+        return cls
+
+    return wrap
