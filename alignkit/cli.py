@@ -178,7 +178,7 @@ def train(
 @app.command()
 def quickstart(
     output_dir: Path = Path("runs/quickstart"),
-    steps: Annotated[int, typer.Option(help="training steps")] = 120,
+    steps: Annotated[int, typer.Option(help="training steps")] = 60,
 ) -> None:
     """Load the builtin SmolLM2, train it with DPO on the synthetic tasks, and show before/after."""
     from alignkit.quickstart import run_quickstart

@@ -44,9 +44,9 @@ def quickstart_config(output_dir: Path, steps: int) -> TrainConfig:
         "data.synthetic.n_test=96",
         "data.max_eval_examples=96",
         "data.max_length=160",
-        "eval_every=40",
-        "save_every=40",
-        "bf16=true",
+        "eval_every=30",
+        "save_every=30",
+        "bf16=false",
     ])
 
 
@@ -59,7 +59,7 @@ def pass_rates(prompts: list[str], replies: list[str]) -> dict[str, float]:
     return rates
 
 
-def run_quickstart(output_dir: Path = Path("runs/quickstart"), steps: int = 120,
+def run_quickstart(output_dir: Path = Path("runs/quickstart"), steps: int = 60,
                    console: Console | None = None) -> dict:
     console = console or Console()
     start = time.perf_counter()
