@@ -186,5 +186,11 @@ def quickstart(
     run_quickstart(output_dir=output_dir, steps=steps, console=console)
 
 
+from alignkit.eval.command import eval_command, report_command  # noqa: E402 - kept next to its registration
+
+app.command("eval")(eval_command)
+app.command("report")(report_command)
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -475,6 +475,7 @@ def write_report(run_dir: Path, out_path: Path | None = None, eval_table: Path |
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(document)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,6 +4,10 @@ It knows nothing of objectives. Given rows of (prompt ids, response ids) it runs
 returns, per row, the summed log-prob of the response tokens, their count and the mean logit (a TRL
 metric). The vocabulary projection is applied only at response positions, in chunks, with
 ``logsumexp`` + ``gather``; the full [batch, time, vocab] logits tensor is never built.
+
+Rows come padded (``collate``: one (prompt, response) per row) or in the shared-prefix / packed layouts
+of ``alignkit.train.packing`` (one prompt with several responses per row, several groups per row), which
+give the same log-probs with fewer tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from alignkit.train.packing import PackedBatch, attention_implementation
 
 
 @dataclass
@@ -80,7 +86,7 @@ def _hidden_path(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 def sequence_logps(
     model: nn.Module,
-    batch: SequenceBatch,
+    batch: SequenceBatch | PackedBatch,
     chunk_size: int = 1024,
     autocast_dtype: torch.dtype | None = None,
     return_token_logps: bool = False,
@@ -92,37 +98,23 @@ def sequence_logps(
     ``autocast_dtype`` (e.g. bf16) runs the transformer under autocast; the vocabulary projection's
     logsumexp is always done in float32. ``attention_mask``/``position_ids`` override the padded batch's
     own (used by packed and shared-prefix layouts, whose masks are 4-D).
+
+    A :class:`~alignkit.train.packing.PackedBatch` (shared-prefix or packed rows) gives one result per
+    *sequence* (response) rather than per row, with its 4-D mask built in the convention of the model's
+    attention implementation; ``return_token_logps`` is not available for it.
     """
+    if isinstance(batch, PackedBatch):
+        return _packed_logps(model, batch, chunk_size, autocast_dtype, return_token_logps, attention_mask)
     device = batch.input_ids.device
-    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
-                else nullcontext())
     mask = batch.attention_mask if attention_mask is None else attention_mask
     # position t predicts token t+1
     scored = batch.target_mask[:, 1:]
+    n_rows, width = batch.input_ids.shape
+    src = (torch.arange(n_rows, device=device)[:, None] * width
+           + torch.arange(width - 1, device=device)[None, :])[scored]
     targets = batch.input_ids[:, 1:][scored]
-    path = _hidden_path(model)
-    with autocast:
-        if path is None:
-            logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids).logits
-            selected = logits[:, :-1][scored]
-            head = None
-        else:
-            decoder, head = path
-            hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids,
-                             use_cache=False).last_hidden_state
-            selected = hidden[:, :-1][scored]  # [M, H]
-    token_lp_chunks, logit_sum_chunks = [], []
-    for start in range(0, selected.shape[0], chunk_size):
-        part = selected[start:start + chunk_size]
-        with autocast:
-            chunk_logits = head(part) if head is not None else part
-        chunk_logits = chunk_logits.float()
-        picked = chunk_logits.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1)
-        token_lp_chunks.append(picked - chunk_logits.logsumexp(-1))
-        logit_sum_chunks.append(chunk_logits.detach().mean(-1))
-    flat_lp = torch.cat(token_lp_chunks) if token_lp_chunks else selected.new_zeros(0, dtype=torch.float32)
-    flat_logit = torch.cat(logit_sum_chunks) if logit_sum_chunks else flat_lp.detach()
-    n_rows = batch.input_ids.shape[0]
+    flat_lp, flat_logit = _score(model, batch.input_ids, mask, position_ids, src, targets, chunk_size,
+                                 autocast_dtype)
     row_of = torch.arange(n_rows, device=device)[:, None].expand_as(scored)[scored]
     tokens = scored.sum(1).float()
     logps = torch.zeros(n_rows, device=device, dtype=torch.float32).index_add(0, row_of, flat_lp)
@@ -132,3 +124,58 @@ def sequence_logps(
         token_logps = torch.zeros(scored.shape, device=device, dtype=torch.float32)
         token_logps = token_logps.masked_scatter(scored, flat_lp)
     return SequenceLogps(logps, tokens, logit_sums / tokens.clamp_min(1), token_logps)
+
+
+def _packed_logps(model: nn.Module, batch: PackedBatch, chunk_size: int, autocast_dtype: torch.dtype | None,
+                  return_token_logps: bool, attention_mask: Tensor | None) -> SequenceLogps:
+    if return_token_logps:
+        raise ValueError("return_token_logps needs a padded SequenceBatch (collate), not a PackedBatch")
+    if attention_mask is None:
+        implementation = attention_implementation(model) or "sdpa"
+        attention_mask = batch.attention_mask(implementation, _embedding_dtype(model))
+    flat_lp, flat_logit = _score(model, batch.input_ids, attention_mask, batch.position_ids, batch.score_src,
+                                 batch.score_target, chunk_size, autocast_dtype)
+    device, n = batch.input_ids.device, batch.num_sequences
+    seq = batch.score_seq
+    logps = torch.zeros(n, device=device, dtype=torch.float32).index_add(0, seq, flat_lp[batch.score_entry])
+    logit_sums = torch.zeros(n, device=device).index_add(0, seq, flat_logit[batch.score_entry])
+    tokens = torch.bincount(seq, minlength=n).float()
+    return SequenceLogps(logps, tokens, logit_sums / tokens.clamp_min(1))
+
+
+def _embedding_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype transformers builds eager masks in (that of the input embeddings)."""
+    embeddings = _unwrap(model).get_input_embeddings() if hasattr(_unwrap(model), "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
+
+
+def _score(model: nn.Module, input_ids: Tensor, mask: Tensor, position_ids: Tensor | None, src: Tensor,
+           targets: Tensor, chunk_size: int, autocast_dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """Log-prob of ``targets[m]`` given the hidden state at flat position ``src[m]``, and the mean logit
+    there (detached). The vocabulary projection runs only at those positions, ``chunk_size`` at a time."""
+    device = input_ids.device
+    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
+                else nullcontext())
+    path = _hidden_path(model)
+    with autocast:
+        if path is None:
+            states = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits
+            head = None
+        else:
+            decoder, head = path
+            states = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                             use_cache=False).last_hidden_state
+    selected = states.reshape(-1, states.shape[-1])[src]  # [M, H] (or [M, V] without a hidden path)
+    token_lp_chunks, logit_mean_chunks = [], []
+    for start in range(0, selected.shape[0], chunk_size):
+        part = selected[start:start + chunk_size]
+        with autocast:
+            chunk_logits = head(part) if head is not None else part
+        chunk_logits = chunk_logits.float()
+        picked = chunk_logits.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1)
+        token_lp_chunks.append(picked - chunk_logits.logsumexp(-1))
+        logit_mean_chunks.append(chunk_logits.detach().mean(-1))
+    flat_lp = torch.cat(token_lp_chunks) if token_lp_chunks else selected.new_zeros(0, dtype=torch.float32)
+    flat_logit = torch.cat(logit_mean_chunks) if logit_mean_chunks else flat_lp.detach()
+    return flat_lp, flat_logit

@@ -29,8 +29,8 @@ from alignkit.train.checkpoint import (
     save_checkpoint,
 )
 from alignkit.train.config import TrainConfig, dump_config
-from alignkit.train.data import batch_order
 from alignkit.train.methods import BatchContext, Method, build_method
+from alignkit.train.packing import micro_batches
 from alignkit.train.progress import TrainProgress
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
 
@@ -117,6 +117,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
     reference = frozen or (AdapterDisabledReference(model, config.logprob_chunk_size, autocast_dtype)
                            if reference_mode == "adapter" else None)
 
+    model = method.wrap_model(model)  # before the optimizer and any checkpoint restore see its parameters
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
     optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay,
@@ -138,7 +139,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
 
     ctx = BatchContext(model, reference, tokenizer.pad_token_id, config.logprob_chunk_size, autocast_dtype,
                        accelerator.device, tokenizer)
-    batches = batch_order(len(train_items), config.batch_size, config.seed, start=state.micro_step)
+    batches = micro_batches(config, train_items, start=state.micro_step)
     last_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     last_good = latest_checkpoint(out_dir)
@@ -202,7 +203,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
     eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed, state.objective_state)
     _append_metrics(metrics_path, state.step, "eval", eval_metrics)
     log(f"final eval: {_short(eval_metrics)}")
-    final_dir = save_final(accelerator.unwrap_model(model), tokenizer, config, out_dir / "final")
+    final_model = method.export(accelerator.unwrap_model(model), out_dir / "final")
+    final_dir = save_final(final_model, tokenizer, config, out_dir / "final")
     log(f"saved final model to {final_dir}")
     return RunResult(out_dir, final_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
 
@@ -223,9 +225,29 @@ def _short(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
+_TENSORBOARD: dict[Path, object] = {}
+
+
+def _tensorboard(run_dir: Path):
+    """A SummaryWriter under run_dir/tensorboard when tensorboard is installed, else None."""
+    if run_dir not in _TENSORBOARD:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            _TENSORBOARD[run_dir] = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            _TENSORBOARD[run_dir] = None
+    return _TENSORBOARD[run_dir]
+
+
 def _append_metrics(path: Path, step: int, split: str, metrics: dict[str, float]) -> None:
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+    writer = _tensorboard(path.parent)
+    if writer is not None:
+        for key, value in metrics.items():
+            writer.add_scalar(f"{split}/{key}", value, step)
+        writer.flush()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

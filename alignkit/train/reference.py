@@ -1,6 +1,7 @@
 """Reference policies: a frozen copy, the policy with its LoRA adapter disabled, or cached log-probs.
 
 Each gives the same thing, reference log-probs for a batch, so objectives never know which one is used.
+Live references take the policy's own batch, padded or shared-prefix/packed (``alignkit.train.packing``).
 Precomputed log-probs are cached on disk keyed by a hash of the reference weights, the tokenizer, the
 exact token ids of the data (which already encode template and truncation) and the engine settings, so a
 later run on the same data and model reuses them.
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from alignkit.models.builtin import cache_root
 from alignkit.train.logprobs import SequenceBatch, SequenceLogps, sequence_logps
+from alignkit.train.packing import PackedBatch
 
 Rows = Sequence[tuple[list[int], list[int]]]
 
@@ -33,7 +35,7 @@ class FrozenCopyReference:
         self.chunk_size, self.autocast_dtype = chunk_size, autocast_dtype
 
     @torch.no_grad()
-    def logps(self, batch: SequenceBatch) -> SequenceLogps:
+    def logps(self, batch: SequenceBatch | PackedBatch) -> SequenceLogps:
         return sequence_logps(self.model, batch, self.chunk_size, self.autocast_dtype)
 
 
@@ -46,7 +48,7 @@ class AdapterDisabledReference:
         self.model, self.chunk_size, self.autocast_dtype = peft_model, chunk_size, autocast_dtype
 
     @torch.no_grad()
-    def logps(self, batch: SequenceBatch) -> SequenceLogps:
+    def logps(self, batch: SequenceBatch | PackedBatch) -> SequenceLogps:
         was_training = self.model.training
         self.model.eval()  # no LoRA dropout in the reference
         try:

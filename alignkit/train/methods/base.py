@@ -68,6 +68,16 @@ class Method(ABC):
     def score_prompt(self) -> bool:
         return False
 
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module to train, given the policy once LoRA and the reference are set up and before the optimizer
+        is built or a checkpoint restored; a method may add trainable modules around it (MAH-DPO's heads)."""
+        return model
+
+    def export(self, model: nn.Module, final_dir: Path) -> nn.Module:
+        """Write the method's own files of the final model into ``final_dir`` and return the module whose
+        ``save_pretrained`` writes the rest: the plain LM again when ``wrap_model`` wrapped it."""
+        return model
+
     def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
                  ) -> dict[str, float]:
         """Example-weighted mean of step metrics over ``items`` (no gradients, eval mode)."""

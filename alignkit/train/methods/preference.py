@@ -6,6 +6,7 @@ with weights in one run as long as they take the same inputs (paired or unpaired
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from torch import Tensor
 from alignkit.objectives import PairLogps, UnpairedLogps, get_objective
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import load_run_data
-from alignkit.train.logprobs import collate, sequence_logps
+from alignkit.train.logprobs import SequenceBatch, SequenceLogps, collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput
+from alignkit.train.packing import Group, PackedBatch, attention_implementation, build_groups, layout_support
 
 JOINT_OBJECTIVES = {"dove"}  # score prompt + response tokens: the joint log-prob of instruction and response
 
@@ -30,12 +32,15 @@ class PreferenceMethod(Method):
             raise ValueError(f"objectives {[o.name for o in config.objectives]} mix paired and unpaired inputs")
         self.paired = kinds == {"pair"}
         self.needs_reference = any(spec.needs_reference for spec, _, _ in self.objectives)
+        self._layout_cache: dict[tuple[int, str | None], str] = {}
+        self._log: Callable[[str], None] = logging.getLogger(__name__).warning
 
     @property
     def score_prompt(self) -> bool:
         return any(o.name in JOINT_OBJECTIVES for o in self.config.objectives)
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
+        self._log = log
         data = load_run_data(self.config, tokenizer, run_dir, unpaired=not self.paired, log=log)
         return data.train_encoded, data.eval_encoded
 
@@ -56,20 +61,48 @@ class PreferenceMethod(Method):
         loss, metrics = combine_objectives(self.objectives, logps, state, training)
         return StepOutput(loss, metrics, num_tokens)
 
+    # ------------------------------------------------------------ batch layout
+
+    def layout(self, ctx: BatchContext) -> str:
+        """``shared_prefix`` (one row per prompt with all its responses) when configured and exact for this
+        model, else ``padded``; decided once per model and attention implementation, with the reason for a
+        fall-back logged."""
+        if self.config.layout == "padded":
+            return "padded"
+        key = (id(ctx.model), attention_implementation(ctx.model))
+        if key not in self._layout_cache:
+            reason = layout_support(ctx.model, ctx.pad_id)
+            if reason:
+                self._log(f"layout: shared_prefix is not exact for this model ({reason}); using padded rows")
+            self._layout_cache[key] = "padded" if reason else "shared_prefix"
+        return self._layout_cache[key]
+
+    def _packed(self, groups: list[Group], ctx: BatchContext) -> PackedBatch:
+        return build_groups(groups, ctx.pad_id, self.score_prompt, pack=self.config.packing,
+                            row_tokens=self.config.pack_row_tokens).to(ctx.device)
+
     def pair_logps(self, ctx: BatchContext, items: list, indices: list[int], precomputed
                    ) -> tuple[PairLogps, int]:
-        """Chosen and rejected rows go through one forward pass."""
+        """Chosen and rejected go through one forward pass: as [prompt | chosen | rejected] rows sharing the
+        prompt (default), or as padded [prompt | response] rows; the reference uses the same batch."""
         batch_items = [items[i] for i in indices]
-        rows = [(p.prompt, p.chosen) for p in batch_items] + [(p.prompt, p.rejected) for p in batch_items]
-        batch = collate(rows, ctx.pad_id, self.score_prompt).to(ctx.device)
-        out = sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype)
         n = len(indices)
+        layout = self.layout(ctx)
+        batch: SequenceBatch | PackedBatch
+        if layout == "shared_prefix":
+            batch = self._packed([(p.prompt, [p.chosen, p.rejected]) for p in batch_items], ctx)
+            order = torch.arange(2 * n, device=ctx.device).view(n, 2).t().reshape(-1)  # -> [chosen..., rejected...]
+        else:
+            rows = [(p.prompt, p.chosen) for p in batch_items] + [(p.prompt, p.rejected) for p in batch_items]
+            batch = collate(rows, ctx.pad_id, self.score_prompt).to(ctx.device)
+            order = None
+        out = _reorder(sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype), order)
         ref_c = ref_r = None
         if precomputed is not None:
             idx = torch.tensor(indices)
             ref_c, ref_r = precomputed.lookup(2 * idx).to(ctx.device), precomputed.lookup(2 * idx + 1).to(ctx.device)
         elif ctx.reference is not None:
-            ref = ctx.reference.logps(batch)
+            ref = _reorder(ctx.reference.logps(batch), order)
             ref_c, ref_r = ref.logps[:n], ref.logps[n:]
         logps = PairLogps(out.logps[:n], out.logps[n:], out.tokens[:n], out.tokens[n:], ref_c, ref_r,
                           out.logits_mean[:n], out.logits_mean[n:])
@@ -78,11 +111,18 @@ class PreferenceMethod(Method):
     def unpaired_logps(self, ctx: BatchContext, items: list, indices: list[int], precomputed
                        ) -> tuple[UnpairedLogps, int]:
         """KTO's KL estimate uses mismatched rows: example i's prompt with example i+1's completion (of the
-        dataset rather than the batch, so their reference log-probs can be precomputed too)."""
+        dataset rather than the batch, so their reference log-probs can be precomputed too). Example i's row
+        and its KL row share the prompt, so the reference scores both in one shared-prefix row; the policy
+        keeps two forwards, since only one of them needs gradients."""
         rows = [(items[i].prompt, items[i].response) for i in indices]
         kl_rows = [kl_partner(items, i) for i in indices]
-        batch = collate(rows, ctx.pad_id, self.score_prompt).to(ctx.device)
-        kl_batch = collate(kl_rows, ctx.pad_id, self.score_prompt).to(ctx.device)
+        shared = self.layout(ctx) == "shared_prefix"
+        if shared and self.config.packing:
+            batch = self._packed([(p, [r]) for p, r in rows], ctx)
+            kl_batch = self._packed([(p, [r]) for p, r in kl_rows], ctx)
+        else:
+            batch = collate(rows, ctx.pad_id, self.score_prompt).to(ctx.device)
+            kl_batch = collate(kl_rows, ctx.pad_id, self.score_prompt).to(ctx.device)
         out = sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype)
         with torch.no_grad():
             kl_policy = sequence_logps(ctx.model, kl_batch, ctx.chunk_size, ctx.autocast_dtype).logps
@@ -90,11 +130,21 @@ class PreferenceMethod(Method):
         if precomputed is not None:
             idx = torch.tensor(indices)
             ref, kl_ref = precomputed.lookup(2 * idx).to(ctx.device), precomputed.lookup(2 * idx + 1).to(ctx.device)
+        elif ctx.reference is not None and shared:
+            both = self._packed([(p, [r, kl[1]]) for (p, r), kl in zip(rows, kl_rows, strict=True)], ctx)
+            ref_both = ctx.reference.logps(both).logps.view(-1, 2)
+            ref, kl_ref = ref_both[:, 0], ref_both[:, 1]
         elif ctx.reference is not None:
             ref, kl_ref = ctx.reference.logps(batch).logps, ctx.reference.logps(kl_batch).logps
         label = torch.tensor([bool(items[i].label) for i in indices], device=ctx.device)
         logps = UnpairedLogps(out.logps, out.tokens, label, ref, kl_policy, kl_ref, out.logits_mean)
         return logps, batch.num_tokens + kl_batch.num_tokens
+
+
+def _reorder(out: SequenceLogps, order: Tensor | None) -> SequenceLogps:
+    if order is None:
+        return out
+    return SequenceLogps(out.logps[order], out.tokens[order], out.logits_mean[order])
 
 
 def kl_partner(items: list, index: int) -> tuple[list[int], list[int]]:

@@ -1,0 +1,148 @@
+"""GRAO training (METHODS.md §9, [reconstruction], confidence LOW): groups of policy samples scored against
+the dataset's reference answer.
+
+Per micro-batch of prompts: draw G responses per prompt from the current policy (no gradient, batched);
+score them and the dataset's chosen response y* with a reward source (the synthetic verifiers by default,
+or a reward model); one forward pass over the G samples and y* gives per-token mean log-probs ℓ; the loss is
+:func:`alignkit.objectives.grao.grao_loss` (the formula lives there, in one place), plus optionally
+``kl_coef``·KL(π_θ‖π_ref) with GRPO's per-token k3 estimator on the samples.
+
+**λ default.** In the reconstruction the samples' coefficient is −(1 − λ)·Â_i/G, so λ = 1 (the pure
+function's default) cancels them and leaves advantage-weighted imitation of y* only. This method defaults
+to λ = 0.5: exploration at half strength, alignment term active, imitation of y* weighted by
+Â*·(1 − λ/G). METHODS.md asks to sweep λ; keep it in [0, 1) (λ > 1 reverses the exploration signal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from alignkit.objectives.grao import grao_loss
+from alignkit.rewards import build_source
+from alignkit.train.config import TrainConfig
+from alignkit.train.logprobs import collate, sequence_logps
+from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.methods.online import (
+    Options,
+    PromptItem,
+    ReferencePolicy,
+    decode,
+    float_metrics,
+    load_prompt_items,
+    sample_eval,
+    sample_responses,
+    step_generator,
+    unwrap_model,
+)
+
+GRAO_DEFAULTS = {
+    "group_size": 4,  # G
+    "lam": 0.5,  # λ; see the module docstring for why not 1.0
+    "eps": 1e-6,
+    "kl_coef": 0.0,  # β of the optional KL(π_θ‖π_ref) penalty (k3 estimator, per-token mean)
+    "reward": "verifier",
+    "max_new_tokens": 48,
+    "temperature": 1.0,
+}
+
+
+def k3_kl(policy_tokens: torch.Tensor, reference_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the per-token mean of exp(r) − r − 1, r = log π_ref − log π_θ: GRPO's k3, which
+    is non-negative, unbiased for KL(π_θ‖π_ref) on policy samples and differentiable through log π_θ."""
+    r = torch.where(mask, reference_tokens - policy_tokens, 0.0)
+    k3 = torch.where(mask, torch.exp(r) - r - 1, 0.0)
+    return (k3.sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+@register_method("grao")
+class GRAOMethod(Method):
+    """Config keys (``objectives[0]``): ``group_size`` G (4), ``lam`` λ (0.5), ``eps`` (1e-6), ``kl_coef``
+    (0), ``reward`` ("verifier", or ``{type: reward_model, model: ...}``), ``max_new_tokens`` (48),
+    ``temperature`` (1.0). Data: preference pairs; the prompt and the chosen response (y*) are used.
+
+    A reference model is used only for the KL penalty and the logged KL; ``reference: none`` skips it
+    (allowed while ``kl_coef`` is 0).
+    """
+
+    precomputable_reference = False
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.options = Options(config, GRAO_DEFAULTS)
+        if int(self.options["group_size"]) < 2:
+            raise ValueError(f"grao: group_size must be at least 2, got {self.options['group_size']}")
+        self.kl_coef = float(self.options["kl_coef"])
+        self.needs_reference = self.kl_coef > 0 or config.reference != "none"
+        self.source = None
+
+    def reward_source(self, ctx: BatchContext):
+        if self.source is None:
+            self.source = build_source(self.options["reward"], device=ctx.device)
+            if not callable(getattr(self.source, "rewards", None)):
+                raise ValueError("grao needs scalar rewards (a verifier or reward model), not a pairwise judge")
+        return self.source
+
+    def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
+        return load_prompt_items(self.config, tokenizer, run_dir, log)
+
+    def reference_rows(self, items: list) -> Rows:
+        raise NotImplementedError("grao's reference scores the policy's own samples; it cannot be precomputed")
+
+    def step(self, ctx: BatchContext, items: list, indices: list[int], precomputed, state: dict,
+             training: bool) -> StepOutput:
+        batch: list[PromptItem] = [items[i] for i in indices]
+        n, g = len(batch), int(self.options["group_size"])
+        source = self.reward_source(ctx)
+        gen = step_generator(ctx, self.config.seed, state, "grao", training, salt=indices[0])
+        groups = sample_responses(unwrap_model(ctx.model), None, [it.prompt_ids for it in batch], g, 0.0,
+                                  int(self.options["max_new_tokens"]), float(self.options["temperature"]), gen,
+                                  ctx.pad_id, ctx.tokenizer.eos_token_id, ctx.device)
+        samples = [s for group in groups for s in group]  # prompt-major: row i*G + j
+        prompts = [it.prompt for it in batch for _ in range(g)]
+        rewards = source.rewards(prompts + [it.prompt for it in batch],
+                                 [decode(ctx.tokenizer, s) for s in samples] + [it.reference for it in batch])
+        rewards = rewards.float().to(ctx.device)
+
+        rows = [(batch[i // g].prompt_ids, s) for i, s in enumerate(samples)]
+        rows += [(it.prompt_ids, it.reference_ids) for it in batch]
+        seq = collate(rows, ctx.pad_id).to(ctx.device)
+        want_tokens = self.kl_coef > 0
+        out = sequence_logps(ctx.model, seq, ctx.chunk_size, ctx.autocast_dtype, return_token_logps=want_tokens)
+        ell = out.logps / out.tokens.clamp(min=1)
+        result = grao_loss(ell[:n * g].view(n, g), ell[n * g:], rewards[:n * g].view(n, g), rewards[n * g:],
+                           lam=float(self.options["lam"]), eps=float(self.options["eps"]))
+        loss = result.loss.mean()
+        metrics = float_metrics(result.metrics)
+
+        if ctx.reference is not None:
+            reference = ReferencePolicy(ctx.reference, ctx.chunk_size, ctx.autocast_dtype)
+            sample_seq = collate(rows[:n * g], ctx.pad_id).to(ctx.device)
+            ref = reference.logps(sample_seq, return_token_logps=want_tokens)
+            metrics["kl"] = (out.logps[:n * g].detach() - ref.logps).mean().item()
+            if want_tokens:
+                # Rows start at column 0 in both batches, so the sample batch's columns are a prefix.
+                mask = sample_seq.target_mask[:, 1:]
+                policy_tokens = out.token_logps[:n * g, :mask.shape[1]]
+                kl = k3_kl(policy_tokens, ref.token_logps, mask)
+                loss = loss + self.kl_coef * kl
+                metrics["kl_k3"] = kl.item()
+        with torch.no_grad():
+            metrics.update({
+                "loss": loss.item(),
+                "response_length": out.tokens[:n * g].mean().item(),
+                "logps/reference_answer": ell[n * g:].mean().item(),
+                "logps/samples": ell[:n * g].mean().item(),
+                "reference_reward_mean": rewards[n * g:].mean().item(),
+            })
+        return StepOutput(loss, metrics, seq.num_tokens)
+
+    def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
+                 ) -> dict[str, float]:
+        return sample_eval(self, ctx, items, batch_size, self.reward_source(ctx),
+                           int(self.options["max_new_tokens"]), float(self.options["temperature"]))
+
+
+__all__ = ["GRAO_DEFAULTS", "GRAOMethod", "k3_kl"]

@@ -1,0 +1,323 @@
+"""MAH-DPO: one output head per objective over a shared backbone, trained with vector-valued preferences
+(METHODS.md §12; the model and the loss are ``alignkit.objectives.mah_dpo``).
+
+Each pair carries ``metadata["preferences"] = {"objective": +1 | -1 | 0}`` (+1: chosen preferred on that
+objective, −1: rejected preferred, 0 or absent: no label). Head k is trained with DPO on the pairs labelled on
+objective k; the loss is the mean over the objectives present in the batch, and every objective's gradient
+reaches the shared backbone.
+
+The policy is wrapped in a :class:`MultiHeadLM` by :meth:`MahDpoMethod.wrap_model` (head 0 is the model's own
+output layer, the others start as copies of it), so checkpoints hold the extra heads like any other trainable
+parameter. The reference head k is the initial head k: with ``perturbation_scale: 0`` (default) every initial
+head equals the output layer, so any reference mode works (copy, adapter, precomputed); with perturbed heads the
+reference heads are frozen copies of the perturbed initial heads (copy or adapter mode).
+
+With LoRA the extra heads are trained in full while head 0 stays the frozen output layer (only the backbone
+adapts under it); train without LoRA to give every head the same freedom.
+
+The final model directory is the usual one (``from_pretrained`` loads head 0) plus ``mah_dpo_heads.safetensors``
+with the other heads; :func:`load_multihead` loads all of them, and ``with model.ensemble_head(weights):``
+makes ``model.lm.generate`` decode with the weighted head mixture (see ``docs/methods/mah_dpo.md``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from alignkit.data.records import PreferencePair
+from alignkit.data.synthetic import make_synthetic
+from alignkit.data.synthetic_extra import SYNTHETIC_OBJECTIVES, load_vector_pairs, make_vector_pairs, split_and_cap
+from alignkit.data.tokenize import PromptEncoder, TruncationStats, encode_pair
+from alignkit.objectives.mah_dpo import MultiHeadLM, mah_dpo_loss
+from alignkit.train.config import TrainConfig
+from alignkit.train.logprobs import SequenceBatch, _hidden_path, collate
+from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.reference import AdapterDisabledReference
+
+HEADS_FILE = "mah_dpo_heads.safetensors"
+
+
+@dataclass
+class EncodedVectorPair:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    preference: list[int]  # one label per head, in head order
+    prompt_truncated: bool = False
+    response_truncated: bool = False
+
+
+def head_logps(lm: nn.Module, heads: Sequence[nn.Module], batch: SequenceBatch, chunk_size: int = 1024,
+               autocast_dtype: torch.dtype | None = None, active: Sequence[bool] | None = None) -> Tensor:
+    """[K, N] summed response log-probs of every row under every head; one backbone pass, and the vocabulary
+    projection only at response positions, ``chunk_size`` at a time. Inactive heads give zeros, uncomputed."""
+    path = _hidden_path(lm)
+    if path is None:
+        raise ValueError("mah_dpo needs a causal LM whose logits are a linear map of its last hidden state")
+    decoder, _ = path
+    device = batch.input_ids.device
+    autocast = torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    with autocast:
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         use_cache=False).last_hidden_state
+    scored = batch.target_mask[:, 1:]  # position t predicts token t+1
+    selected, targets = hidden[:, :-1][scored], batch.input_ids[:, 1:][scored]
+    n_rows = batch.input_ids.shape[0]
+    row_of = torch.arange(n_rows, device=device)[:, None].expand_as(scored)[scored]
+    out = []
+    for k, head in enumerate(heads):
+        sums = torch.zeros(n_rows, device=device, dtype=torch.float32)
+        if active is None or active[k]:
+            parts = []
+            for start in range(0, selected.shape[0], chunk_size):
+                with autocast:
+                    logits = head(selected[start:start + chunk_size])
+                logits = logits.float()
+                picked = logits.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1)
+                parts.append(picked - logits.logsumexp(-1))
+            if parts:
+                sums = sums.index_add(0, row_of, torch.cat(parts))
+        out.append(sums)
+    return torch.stack(out)
+
+
+@register_method("mah_dpo")
+class MahDpoMethod(Method):
+    """Config: ``objectives: [{name: mah_dpo, beta: 0.1, heads: [correct, safe, brief]}]``, optional
+    ``perturbation_scale`` (0.0). ``heads`` names the objectives in head order (head 0 first); without it they
+    are the sorted objective names found in the training data. Data: ``data.train`` is ``synthetic`` (vectors
+    from per-family objectives, see :func:`alignkit.data.synthetic_extra.vector_for`) or pairs with a
+    ``preferences`` column (see :func:`alignkit.data.synthetic_extra.load_vector_pairs`)."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        if len(config.objectives) != 1:
+            raise ValueError("mah_dpo runs alone: give one objective, e.g. [{name: mah_dpo, beta: 0.1}]")
+        params = config.objectives[0].params
+        self.weight = config.objectives[0].weight
+        self.beta = float(params.pop("beta", 0.1))
+        heads = params.pop("heads", None)
+        if heads is not None and (not isinstance(heads, list) or not heads or len(set(heads)) != len(heads)
+                                  or not all(isinstance(h, str) and h for h in heads)):
+            raise ValueError(f"mah_dpo: heads must be a list of distinct objective names, got {heads!r}")
+        self.head_names: list[str] | None = heads
+        self.perturbation_scale = float(params.pop("perturbation_scale", 0.0))
+        if params:
+            raise ValueError(f"mah_dpo: unknown parameters {sorted(params)}; it takes beta, heads, "
+                             "perturbation_scale")
+        # Perturbed initial heads differ from the output layer, which is all a precomputed table can score.
+        self.precomputable_reference = self.perturbation_scale == 0
+        if not self.precomputable_reference and config.reference == "precomputed":
+            raise ValueError("mah_dpo: with perturbation_scale > 0 each reference head has its own weights; "
+                             "use reference: copy or adapter, not precomputed")
+        self.ref_heads: list[nn.Module] = []
+
+    # ------------------------------------------------------------ data
+
+    def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
+        data = self.config.data
+        if data.train == "synthetic":
+            syn = data.synthetic
+            train_pairs, eval_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
+            # configured heads pick a subset of the synthetic objectives (SYNTHETIC_OBJECTIVES)
+            objectives = {name: families for name, families in SYNTHETIC_OBJECTIVES.items()
+                          if self.head_names is None or name in self.head_names}
+            if self.head_names is not None and set(self.head_names) - set(objectives):
+                raise ValueError(f"mah_dpo: the synthetic data labels the objectives {list(SYNTHETIC_OBJECTIVES)}; "
+                                 f"heads {sorted(set(self.head_names) - set(objectives))} would get no labels")
+            train, evaluation = make_vector_pairs(train_pairs, objectives), make_vector_pairs(eval_pairs, objectives)
+        else:
+            def read(source: str) -> list[PreferencePair]:
+                return load_vector_pairs(source, self.head_names, column_map=data.column_map,
+                                         on_invalid=data.on_invalid,
+                                         rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+
+            train, evaluation = read(data.train), read(data.eval) if data.eval else None
+        train, evaluation = split_and_cap(train, evaluation, data.eval_fraction, self.config.seed,
+                                          data.max_train_examples, data.max_eval_examples)
+        if self.head_names is None:
+            self.head_names = sorted({name for p in train for name in p.metadata["preferences"]})
+        unknown = sorted({n for p in train + evaluation for n in p.metadata["preferences"]} - set(self.head_names))
+        if unknown:
+            raise ValueError(f"mah_dpo: the data labels objectives {unknown} that are not among heads "
+                             f"{self.head_names}")
+        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        encoded = []
+        for split in (train, evaluation):
+            stats = TruncationStats()
+            items = []
+            for pair in split:
+                e = encode_pair(encoder, pair.prompt, pair.chosen, pair.rejected, pair.system, data.max_length,
+                                data.max_prompt_length)
+                vector = [int(pair.metadata["preferences"].get(name, 0)) for name in self.head_names]
+                items.append(EncodedVectorPair(e.prompt, e.chosen, e.rejected, vector, e.prompt_truncated,
+                                               e.response_truncated))
+                stats.add(items[-1])
+            if stats.prompt_truncated or stats.response_truncated:
+                log(f"truncation to max_length={data.max_length}: {stats.summary()}")
+            encoded.append(items)
+        counts = {name: sum(item.preference[k] != 0 for item in encoded[0]) for k, name in enumerate(self.head_names)}
+        log(f"data: {len(train)} train and {len(evaluation)} eval vector-labelled pairs; labels per head: {counts}")
+        return encoded[0], encoded[1]
+
+    def reference_rows(self, items: list) -> Rows:
+        """Two rows per pair, in index order: (prompt, chosen), (prompt, rejected)."""
+        rows: Rows = []
+        for item in items:
+            rows += [(item.prompt, item.chosen), (item.prompt, item.rejected)]
+        return rows
+
+    # ------------------------------------------------------------ model
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        assert self.head_names is not None, "load() runs before wrap_model()"
+        multi = MultiHeadLM(model, len(self.head_names), self.perturbation_scale, seed=self.config.seed)
+        self.ref_heads = [copy.deepcopy(h).requires_grad_(False) for h in multi.extra_heads]
+        return multi
+
+    def export(self, model: nn.Module, final_dir: Path) -> nn.Module:
+        assert isinstance(model, MultiHeadLM) and self.head_names is not None
+        save_heads(model, self.head_names, final_dir)
+        return model.lm
+
+    # ------------------------------------------------------------ loss
+
+    def head_logps(self, ctx: BatchContext, items: list, indices: list[int], precomputed
+                   ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """(policy [K, 2B], reference [K, 2B], preference [K, B], tokens fed); chosen rows first."""
+        multi: MultiHeadLM = getattr(ctx.model, "module", ctx.model)
+        batch_items = [items[i] for i in indices]
+        rows = [(p.prompt, p.chosen) for p in batch_items] + [(p.prompt, p.rejected) for p in batch_items]
+        batch = collate(rows, ctx.pad_id).to(ctx.device)
+        preference = torch.tensor([p.preference for p in batch_items], device=ctx.device).t()
+        active = (preference != 0).any(dim=1).tolist()  # heads nobody in the batch is labelled on add nothing
+        policy = head_logps(multi.lm, multi.heads, batch, ctx.chunk_size, ctx.autocast_dtype, active)
+        if self.precomputable_reference:  # every initial head is the output layer: one reference row per row
+            if precomputed is not None:
+                idx = torch.tensor(indices)
+                single = torch.cat([precomputed.lookup(2 * idx), precomputed.lookup(2 * idx + 1)]).to(ctx.device)
+            elif ctx.reference is not None:
+                single = ctx.reference.logps(batch).logps
+            else:
+                raise ValueError("mah_dpo needs a reference model")
+            reference = single[None].expand(len(multi.heads), -1)
+        else:
+            reference = self.reference_head_logps(ctx, batch, active)
+        return policy, reference, preference, batch.num_tokens
+
+    def reference_head_logps(self, ctx: BatchContext, batch: SequenceBatch, active: list[bool]) -> Tensor:
+        ref = ctx.reference
+        if ref is None:
+            raise ValueError("mah_dpo needs a reference model")
+        lm = ref.model
+        disabled = lm.disable_adapter() if isinstance(ref, AdapterDisabledReference) else nullcontext()
+        was_training = lm.training
+        lm.eval()
+        try:
+            with torch.no_grad(), disabled:
+                heads = [lm.get_output_embeddings(), *self.ref_heads]
+                return head_logps(lm, heads, batch, ctx.chunk_size, ctx.autocast_dtype, active)
+        finally:
+            lm.train(was_training)
+
+    def loss(self, policy: Tensor, reference: Tensor, preference: Tensor) -> tuple[Tensor, dict[str, float]]:
+        n = preference.shape[1]
+        out = mah_dpo_loss(policy[:, :n], policy[:, n:], reference[:, :n], reference[:, n:], preference,
+                           self.beta, self.head_names)
+        loss = self.weight * out.loss.mean()
+        metrics = {key: float(value) for key, value in out.metrics.items()}
+        with torch.no_grad():  # over every labelled (objective, pair), the way DPO's metrics are over pairs
+            sign = preference.float()
+            margin = self.beta * sign * ((policy[:, :n] - reference[:, :n]) - (policy[:, n:] - reference[:, n:]))
+            labelled = sign != 0
+            metrics["rewards/margins"] = margin[labelled].mean().item() if labelled.any() else 0.0
+            metrics["rewards/accuracies"] = (margin[labelled] > 0).float().mean().item() if labelled.any() else 0.0
+        metrics["loss"] = loss.item()
+        return loss, metrics
+
+    def step(self, ctx: BatchContext, items: list, indices: list[int], precomputed, state: dict,
+             training: bool) -> StepOutput:
+        policy, reference, preference, num_tokens = self.head_logps(ctx, items, indices, precomputed)
+        loss, metrics = self.loss(policy, reference, preference)
+        return StepOutput(loss, metrics, num_tokens)
+
+    def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
+                 ) -> dict[str, float]:
+        """Per-head metrics over the whole eval set at once (a head's labels are spread unevenly over batches)."""
+        was_training = ctx.model.training
+        ctx.model.eval()
+        chosen, rejected, prefs = [], [], []
+        with torch.no_grad():
+            for start in range(0, len(items), batch_size):
+                indices = list(range(start, min(start + batch_size, len(items))))
+                policy, reference, preference, _ = self.head_logps(ctx, items, indices, precomputed)
+                n = len(indices)
+                chosen.append((policy[:, :n], reference[:, :n]))
+                rejected.append((policy[:, n:], reference[:, n:]))
+                prefs.append(preference)
+        ctx.model.train(was_training)
+        cat = lambda parts, i: torch.cat([p[i] for p in parts], dim=1)  # noqa: E731
+        policy = torch.cat([cat(chosen, 0), cat(rejected, 0)], dim=1)
+        reference = torch.cat([cat(chosen, 1), cat(rejected, 1)], dim=1)
+        _, metrics = self.loss(policy, reference, torch.cat(prefs, dim=1))
+        return metrics
+
+
+# ---------------------------------------------------------------- saving and loading the heads
+
+
+def save_heads(model: MultiHeadLM, head_names: Sequence[str], directory: Path) -> Path:
+    """``mah_dpo_heads.safetensors``: heads 1..K−1 (head 0 is saved with the model) and the head names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, head in enumerate(model.extra_heads, start=1):
+        for name, value in head.state_dict().items():
+            tensors[f"heads.{k}.{name}"] = value.detach().cpu().contiguous()
+    meta = {"head_names": json.dumps(list(head_names)), "num_heads": str(model.num_heads)}
+    path = directory / HEADS_FILE
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_multihead(path: str | Path, dtype: str = "float32", device: str = "cpu", log: Callable[[str], None] = print
+                   ) -> tuple[MultiHeadLM, object]:
+    """(model, tokenizer) from a MAH-DPO final directory; ``model.head_names`` lists the objectives in head order.
+
+    Decode with a head mixture: ``with model.ensemble_head(head_weights(model, {"safe": 2, "brief": 1})):
+    model.lm.generate(...)`` (weights are normalised to sum 1; a one-hot vector selects one head).
+    """
+    from alignkit.models import load_model
+
+    path = Path(path)
+    heads_path = path / HEADS_FILE
+    if not heads_path.is_file():
+        raise FileNotFoundError(f"{heads_path} not found: is {path} the final directory of a mah_dpo run?")
+    with safe_open(str(heads_path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    lm, tokenizer = load_model(str(path), dtype=dtype, device=device, log=log)
+    model = MultiHeadLM(lm, int(meta["num_heads"]))
+    state = load_file(str(heads_path), device=str(next(lm.parameters()).device))
+    for k, head in enumerate(model.extra_heads, start=1):
+        head.load_state_dict({name.split(".", 2)[2]: value for name, value in state.items()
+                              if name.startswith(f"heads.{k}.")})
+    model.head_names = json.loads(meta["head_names"])
+    return model.eval(), tokenizer
+
+
+def head_weights(model: MultiHeadLM, weights: Mapping[str, float]) -> list[float]:
+    """A weight vector in head order from ``{objective: weight}`` (unnamed heads get 0)."""
+    names: list[str] = getattr(model, "head_names", None) or [f"head{k}" for k in range(model.num_heads)]
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"unknown heads {unknown}; this model's heads are {names}")
+    return [float(weights.get(name, 0.0)) for name in names]

@@ -1,0 +1,141 @@
+"""PoFT: preference-oriented SFT against frozen aligned models (METHODS.md §8; the loss is ``alignkit.objectives.poft``,
+a [reconstruction]).
+
+Each SFT example (x, y) is scored once by every aligned model A_m (its mean per-token log-prob of y, with its own
+tokenizer and chat template), before training. The scores are cached on disk as safetensors, keyed by a hash of
+the aligned model's weights, its tokenizer and the exact token rows (the scheme of
+``alignkit.train.reference``), so later runs on the same data and models skip the scoring. Training then
+only needs the target model: ``L = −log σ((s_θ − s_A) / temperature)`` with s_A the mean over aligned models.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alignkit.data.synthetic import make_synthetic
+from alignkit.data.synthetic_extra import SFTExample, load_sft_examples, split_and_cap
+from alignkit.data.tokenize import PromptEncoder, TruncationStats, encode_example
+from alignkit.models import load_model
+from alignkit.models.builtin import cache_root
+from alignkit.objectives.poft import aligned_model_scores, poft_loss
+from alignkit.train.config import TrainConfig
+from alignkit.train.logprobs import collate, sequence_logps
+from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.reference import PrecomputedReference
+
+
+@dataclass
+class EncodedSFT:
+    prompt: list[int]
+    response: list[int]
+    aligned_score: float = 0.0  # s_A: mean over aligned models of their mean per-token log-prob of the response
+    prompt_truncated: bool = False
+    response_truncated: bool = False
+
+
+def score_with_aligned_models(examples: list[SFTExample], specs: list[str], config: TrainConfig,
+                              log: Callable[[str], None], cache_dir: Path | None = None) -> torch.Tensor:
+    """s_A [N]. One aligned model in memory at a time; each scores the examples tokenised its own way."""
+    data = config.data
+    cache_dir = cache_dir or cache_root() / "poft_scores"
+    sums, counts = [], []
+    for spec in specs:
+        model, tokenizer = load_model(spec, dtype=config.model.dtype, device=config.model.device,
+                                      trust_remote_code=config.model.trust_remote_code, log=log)
+        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        rows = []
+        for ex in examples:
+            encoded = encode_example(encoder, ex.prompt, ex.response, ex.system, data.max_length,
+                                     data.max_prompt_length)
+            rows.append((encoded.prompt, encoded.response))
+        table = PrecomputedReference.build(
+            model, tokenizer, rows, pad_id=tokenizer.pad_token_id, batch_size=config.batch_size,
+            chunk_size=config.logprob_chunk_size, cache_dir=cache_dir,
+            log=lambda message, spec=spec: log(message.replace("reference log-probs", f"PoFT scores of {spec}")))
+        sums.append(table.table_logps)
+        counts.append(table.table_tokens)
+        del model, table
+        gc.collect()
+    return aligned_model_scores(torch.stack(sums), torch.stack(counts))
+
+
+@register_method("poft")
+class PoftMethod(Method):
+    """Config: ``objectives: [{name: poft, aligned_models: [smollm2-135m-instruct], temperature: 1.0}]``;
+    ``aligned_models`` are model specs as for ``model.name`` (builtin names, directories, hub ids). Data:
+    ``data.train`` is ``synthetic`` (the chosen responses) or an SFT file (see
+    :func:`alignkit.data.synthetic_extra.load_sft_examples`)."""
+
+    needs_reference = False
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        if len(config.objectives) != 1:
+            raise ValueError("poft runs alone: give one objective, e.g. [{name: poft, aligned_models: [...]}]")
+        params = config.objectives[0].params
+        self.weight = config.objectives[0].weight
+        specs = params.pop("aligned_models", None)
+        if isinstance(specs, str):
+            specs = [specs]
+        if not specs or not all(isinstance(s, str) and s for s in specs):
+            raise ValueError("poft: aligned_models must list one or more model specs, e.g. "
+                             "aligned_models: [smollm2-135m-instruct]")
+        self.aligned_models: list[str] = list(specs)
+        self.temperature = float(params.pop("temperature", 1.0))
+        if self.temperature <= 0:
+            raise ValueError(f"poft: temperature must be positive, got {self.temperature}")
+        if params:
+            raise ValueError(f"poft: unknown parameters {sorted(params)}; it takes aligned_models, temperature")
+
+    def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
+        data = self.config.data
+        if data.train == "synthetic":
+            syn = data.synthetic
+            train_pairs, eval_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
+            train, evaluation = ([SFTExample(prompt=p.prompt, response=p.chosen, system=p.system, metadata=p.metadata)
+                                  for p in pairs] for pairs in (train_pairs, eval_pairs))
+        else:
+            def read(source: str) -> list[SFTExample]:
+                return load_sft_examples(source, column_map=data.column_map, on_invalid=data.on_invalid,
+                                         rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+
+            train, evaluation = read(data.train), read(data.eval) if data.eval else None
+        train, evaluation = split_and_cap(train, evaluation, data.eval_fraction, self.config.seed,
+                                          data.max_train_examples, data.max_eval_examples)
+        scores = score_with_aligned_models(train + evaluation, self.aligned_models, self.config, log)
+        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        encoded = []
+        for split, offset in ((train, 0), (evaluation, len(train))):
+            stats = TruncationStats()
+            items = []
+            for i, ex in enumerate(split):
+                e = encode_example(encoder, ex.prompt, ex.response, ex.system, data.max_length, data.max_prompt_length)
+                items.append(EncodedSFT(e.prompt, e.response, float(scores[offset + i]), e.prompt_truncated,
+                                        e.response_truncated))
+                stats.add(items[-1])
+            if stats.prompt_truncated or stats.response_truncated:
+                log(f"truncation to max_length={data.max_length}: {stats.summary()}")
+            encoded.append(items)
+        log(f"data: {len(train)} train and {len(evaluation)} eval SFT examples; mean aligned-model score "
+            f"{scores[:len(train)].mean().item():.3f} nats/token")
+        return encoded[0], encoded[1]
+
+    def reference_rows(self, items: list) -> Rows:
+        return [(item.prompt, item.response) for item in items]  # unused: PoFT has no reference model
+
+    def step(self, ctx: BatchContext, items: list, indices: list[int], precomputed, state: dict,
+             training: bool) -> StepOutput:
+        batch_items = [items[i] for i in indices]
+        batch = collate([(item.prompt, item.response) for item in batch_items], ctx.pad_id).to(ctx.device)
+        out = sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype)
+        aligned = torch.tensor([item.aligned_score for item in batch_items], device=ctx.device)
+        result = poft_loss(out.logps, out.tokens, aligned, self.temperature)
+        loss = self.weight * result.loss.mean()
+        metrics = {key: float(value) for key, value in result.metrics.items()}
+        metrics["loss"] = loss.item()
+        return StepOutput(loss, metrics, batch.num_tokens)

@@ -1,0 +1,313 @@
+"""Shared-prefix and packed batch layouts for the log-prob engine, and token-budget micro-batches.
+
+A *group* is one prompt with N responses (a preference pair is N=2, KTO's row with its KL partner is
+N=2, best-of-N scoring is N). The shared-prefix layout writes a group once as [prompt | r1 | ... | rN]:
+a 4-D attention mask lets every response token see the prompt and the earlier tokens of its own
+response only, and position ids restart after the prompt for each response, so each response is computed
+exactly as if it followed the prompt alone while the prompt is fed (and back-propagated) once. Packing
+puts several groups in one row with a block-diagonal mask, so rows carry little or no padding.
+
+The mask is handed to the model as-is: transformers' ``create_causal_mask`` returns a 4-D mask untouched
+(``masking_utils._preprocess_mask_arguments``). ``sdpa`` takes a boolean mask (True = attend); ``eager``
+*adds* the mask to the attention scores, so it needs an additive float mask (0 / dtype min). Other
+attention back-ends (flash attention, flex, paged) drop or reinterpret a dense mask, and sliding-window
+layers would silently lose their window, so those models fall back to padded rows; ``layout_support``
+decides, with a numerical probe on a few tokens as the final word.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+Group = tuple[list[int], list[list[int]]]  # prompt ids, response ids
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class PackedBatch:
+    """Rows holding one or more groups. Scoring is explicit: entry ``m`` scores token ``score_target[m]``
+    from the hidden state at flat position ``score_src[m]`` (row * T + t) and adds its log-prob to every
+    sequence ``score_seq[k]`` with ``score_entry[k] == m``. Shared entries (prompt tokens scored for the
+    joint log-prob) are computed once and credited to every response of their group."""
+
+    input_ids: Tensor  # [R, T]
+    position_ids: Tensor  # [R, T]
+    segment: Tensor  # [R, T] group number within its row, -1 on padding
+    branch: Tensor  # [R, T] 0 on the prompt, k on response k (1-based), -1 on padding
+    score_src: Tensor  # [M]
+    score_target: Tensor  # [M]
+    score_entry: Tensor  # [K]
+    score_seq: Tensor  # [K]
+    num_sequences: int
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    def to(self, device: torch.device) -> PackedBatch:
+        return PackedBatch(*(t.to(device) for t in (self.input_ids, self.position_ids, self.segment, self.branch,
+                                                      self.score_src, self.score_target, self.score_entry,
+                                                      self.score_seq)), self.num_sequences)
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens fed to the model."""
+        return int((self.segment >= 0).sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    def allowed(self) -> Tensor:
+        """[R, T, T] bool: query t may attend to key s."""
+        seg, branch = self.segment, self.branch
+        idx = torch.arange(seg.shape[1], device=seg.device)
+        causal = idx[:, None] >= idx[None, :]
+        same_group = seg[:, :, None] == seg[:, None, :]
+        # prompt keys are visible to the whole group, response keys only to their own response
+        visible = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+        # padding sees earlier padding (never real tokens), so no softmax row is empty
+        return causal & same_group & visible
+
+    def attention_mask(self, implementation: str, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The 4-D mask in the convention of ``implementation`` (see module docstring); cached, since the
+        policy and reference forwards of a step share the batch."""
+        key = (implementation, dtype)
+        if key not in self._masks:
+            allowed = self.allowed()[:, None]
+            if implementation == "sdpa":
+                self._masks[key] = allowed
+            elif implementation == "eager":
+                mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+                self._masks[key] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+            else:
+                raise ValueError(f"no 4-D mask convention for attention implementation {implementation!r}")
+        return self._masks[key]
+
+
+def group_length(group: Group) -> int:
+    prompt, responses = group
+    return len(prompt) + sum(len(r) for r in responses)
+
+
+def _assign_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing bin packing of group indices into rows of ``capacity`` tokens (a group longer
+    than the capacity gets a row of its own)."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, room in enumerate(free):
+            if lengths[index] <= room:
+                rows[r].append(index)
+                free[r] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            free.append(capacity - lengths[index])
+    return rows
+
+
+def build_groups(groups: Sequence[Group], pad_id: int, score_prompt: bool = False, pack: bool = False,
+                 row_tokens: int | None = None) -> PackedBatch:
+    """Lay out ``groups`` as shared-prefix rows; sequences are numbered group-major (group 0's responses,
+    then group 1's, ...). ``pack`` puts several groups in one row, up to ``row_tokens`` tokens per row
+    (default: the longest group, so no row is longer than without packing). ``score_prompt`` also scores
+    the prompt tokens (joint log-prob, as ``collate``); the first token of a row is never scored."""
+    lengths = [group_length(g) for g in groups]
+    if pack:
+        placement = _assign_rows(lengths, row_tokens or max(lengths))
+    else:
+        placement = [[i] for i in range(len(groups))]
+    width = max(sum(lengths[i] for i in row) for row in placement)
+    n_rows = len(placement)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((n_rows, width), dtype=torch.long)
+    segment = torch.full((n_rows, width), -1, dtype=torch.long)
+    branch = torch.full((n_rows, width), -1, dtype=torch.long)
+    first_seq = [0] * len(groups)
+    total = 0
+    for g, (_, responses) in enumerate(groups):
+        first_seq[g] = total
+        total += len(responses)
+    src: list[int] = []
+    target: list[int] = []
+    entry: list[int] = []
+    seq: list[int] = []
+    for r, row in enumerate(placement):
+        offset = 0
+        for slot, g in enumerate(row):
+            prompt, responses = groups[g]
+            p = len(prompt)
+            base = r * width
+            ids[r, offset:offset + p] = torch.tensor(prompt, dtype=torch.long)
+            positions[r, offset:offset + p] = torch.arange(p)
+            segment[r, offset:offset + lengths[g]] = slot
+            branch[r, offset:offset + p] = 0
+            prompt_entries = []
+            if score_prompt:
+                for i in range(1, p):
+                    prompt_entries.append(len(src))
+                    src.append(base + offset + i - 1)
+                    target.append(prompt[i])
+            cursor = offset + p
+            for k, response in enumerate(responses):
+                n = len(response)
+                s = first_seq[g] + k
+                ids[r, cursor:cursor + n] = torch.tensor(response, dtype=torch.long)
+                positions[r, cursor:cursor + n] = torch.arange(p, p + n)
+                branch[r, cursor:cursor + n] = k + 1
+                for m in prompt_entries:
+                    entry.append(m)
+                    seq.append(s)
+                for j in range(n):
+                    if j == 0 and p == 0:
+                        continue  # nothing predicts a row's first token
+                    # the first response token is predicted by the last prompt token, not its row neighbour
+                    entry.append(len(src))
+                    seq.append(s)
+                    src.append(base + (offset + p - 1 if j == 0 else cursor + j - 1))
+                    target.append(response[j])
+                cursor += n
+            offset = cursor
+    as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+    return PackedBatch(ids, positions, segment, branch, as_long(src), as_long(target), as_long(entry), as_long(seq),
+                       total)
+
+
+# ---------------------------------------------------------------- when the layout is exact
+
+
+def attention_implementation(model: nn.Module) -> str | None:
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    config = getattr(base, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
+
+
+def static_support(model: nn.Module) -> str | None:
+    """None when the model's configuration can honour a custom 4-D mask, else the reason it cannot."""
+    implementation = attention_implementation(model)
+    if implementation not in SUPPORTED_ATTENTION:
+        return (f"attention implementation {implementation!r} does not take a custom 4-D mask "
+                f"(supported: {', '.join(SUPPORTED_ATTENTION)})")
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and any(t != "full_attention" for t in layer_types):
+        return f"layers of type {sorted(set(layer_types) - {'full_attention'})} ignore a custom 4-D mask's shape"
+    if not layer_types and getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention would be replaced by the custom 4-D mask"
+    return None
+
+
+def probe_group(vocab_size: int) -> Group:
+    """A prompt with three responses of ordinary (mid-vocabulary) tokens: special tokens out of place give
+    huge log-probs whose float noise would blur the comparison."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(vocab_size // 8, vocab_size // 2, (24,), generator=generator).tolist()
+    return ids[:8], [ids[8:13], ids[13:17], ids[17:24]]
+
+
+@torch.no_grad()
+def probe_support(model: nn.Module, pad_id: int, rtol: float | None = None) -> str | None:
+    """Compare the shared-prefix and padded log-probs of a small group; None when they agree to float
+    noise (``rtol`` of the log-prob's size: fp32 reorderings move a sum of ~200 nats by ~1e-4). A mask
+    that is ignored or rebuilt, or ignored ``position_ids``, move them by far more (tenths to nats)."""
+    from alignkit.train.logprobs import collate, sequence_logps
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    rtol = rtol if rtol is not None else (1e-5 if dtype == torch.float32 else 1e-2)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None) or 1024
+    group = probe_group(vocab)
+    prompt, responses = group
+    was_training = model.training
+    model.eval()
+    try:
+        padded = sequence_logps(model, collate([(prompt, r) for r in responses], pad_id).to(device)).logps
+        shared = sequence_logps(model, build_groups([group], pad_id).to(device)).logps
+    except Exception as error:  # noqa: BLE001 - any failure means "not supported", with the reason logged
+        return f"the model rejected a 4-D mask ({type(error).__name__}: {error})"
+    finally:
+        model.train(was_training)
+    gap = float((padded - shared).abs().max())
+    allowed = rtol * max(1.0, float(padded.abs().max()))
+    if not gap <= allowed:
+        return f"shared-prefix log-probs differ from padded ones by {gap:.3g} on a probe (> {allowed:.3g})"
+    return None
+
+
+def layout_support(model: nn.Module, pad_id: int) -> str | None:
+    """None when shared-prefix/packed layouts are exact for ``model``, else why not."""
+    return static_support(model) or probe_support(model, pad_id)
+
+
+# ---------------------------------------------------------------- token-budget micro-batches
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0, window: int = 256,
+                         shuffle: bool = True) -> list[list[int]]:
+    """Micro-batches of example indices whose lengths sum to at most ``max_tokens`` (an example longer
+    than the budget is a batch of its own). Length grouping: examples are shuffled, then sorted by length
+    within windows of ``window`` examples so a batch holds similar lengths (little padding, tight packing)
+    while the epoch stays random; the batches themselves are shuffled again."""
+    if max_tokens <= 0:
+        raise ValueError("max_tokens_per_batch must be positive")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        current: list[int] = []
+        used = 0
+        for index in chunk:
+            if current and used + lengths[index] > max_tokens:
+                batches.append(current)
+                current, used = [], 0
+            current.append(index)
+            used += lengths[index]
+        if current:
+            batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def token_budget_order(lengths: Sequence[int], max_tokens: int, seed: int, start: int = 0
+                       ) -> Iterator[list[int]]:
+    """Endless epochs of ``token_budget_batches``, reshuffled per epoch from ``seed``; ``start`` skips the
+    micro-batches already consumed, so a resumed run sees the batches an uninterrupted one would."""
+    if not lengths:
+        raise ValueError("no training examples to batch")
+    epoch, position = 0, 0
+    while True:
+        batches = token_budget_batches(lengths, max_tokens, seed=seed * 100_003 + epoch)
+        for batch in batches:
+            if position >= start:
+                yield batch
+            position += 1
+        epoch += 1
+
+
+def example_tokens(item, shared_prefix: bool) -> int:
+    """Tokens an encoded pair (or single example) costs in a batch under the given layout."""
+    if hasattr(item, "chosen"):
+        prompt = len(item.prompt) * (1 if shared_prefix else 2)
+        return prompt + len(item.chosen) + len(item.rejected)
+    return len(item.prompt) + len(item.response)
+
+
+def micro_batches(config, items: list, start: int = 0) -> Iterator[list[int]]:
+    """The loop's micro-batch order: fixed ``batch_size`` batches, or token-budget batches when
+    ``max_tokens_per_batch`` is set."""
+    from alignkit.train.data import batch_order
+
+    if not getattr(config, "max_tokens_per_batch", None):
+        return batch_order(len(items), config.batch_size, config.seed, start=start)
+    lengths = [example_tokens(item, config.layout == "shared_prefix") for item in items]
+    return token_budget_order(lengths, config.max_tokens_per_batch, config.seed, start=start)

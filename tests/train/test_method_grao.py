@@ -1,0 +1,79 @@
+"""GRAO end to end on tiny random Llamas (METHODS.md §9); the toy preference is "shorter is better"
+(see ``test_method_online``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignkit.train.loop import train
+from alignkit.train.methods import build_method
+from alignkit.train.methods.grao import k3_kl
+from tests.train.test_method_online import SHORT, eos_prone_llama, make_config, read_metrics
+
+
+def grao(**options) -> str:
+    items = {"name": "grao", "group_size": 4, "max_new_tokens": 8, "reward": f"'{SHORT}'", **options}
+    return "{" + ", ".join(f"{k}: {v}" for k, v in items.items()) + "}"
+
+
+def test_grao_raises_the_group_reward(tmp_path, tokenizer):
+    config = make_config(tmp_path, grao(), "eval_every=6")
+    result = train(config, model=eos_prone_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
+    evals = read_metrics(result.output_dir, "eval")
+    before, after = evals[0], evals[-1]
+    assert after["reward_mean"] > before["reward_mean"] + 1.0
+    assert after["response_length"] < before["response_length"] - 1.5
+    last = read_metrics(result.output_dir, "train")[-1]
+    for key in ["loss", "reward_mean", "reward_std", "reference_beats_all_fraction", "zero_variance_fraction",
+                "loss/exploration", "loss/imitation", "loss/alignment", "kl", "response_length",
+                "logps/reference_answer", "reference_reward_mean"]:
+        assert key in last
+
+
+def test_grao_kl_penalty_with_lora_and_resume(tmp_path, tokenizer):
+    objective = grao(kl_coef=0.5, max_new_tokens=6)
+    common = ["max_steps=4", "save_every=2", "lora.enabled=true", "reference=adapter",
+              "lora.target_modules=[q_proj,v_proj]", "optim.learning_rate=1e-2"]
+    straight = train(make_config(tmp_path / "a", objective, *common), model=eos_prone_llama(tokenizer),
+                     tokenizer=tokenizer, log=lambda m: None)
+    lines = read_metrics(straight.output_dir, "train")
+    assert lines[0]["kl_k3"] == pytest.approx(0.0, abs=1e-6)  # the adapter starts as a no-op
+    assert lines[-1]["kl_k3"] > 0
+    train(make_config(tmp_path / "b", objective, *common), model=eos_prone_llama(tokenizer), tokenizer=tokenizer,
+          log=lambda m: None, stop_after_steps=2)
+    torch.manual_seed(1234)
+    resumed = train(make_config(tmp_path / "b", objective, *common, "resume=true"),
+                    model=eos_prone_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0)
+
+
+def test_grao_runs_without_a_reference(tmp_path, tokenizer):
+    config = make_config(tmp_path, grao(group_size=3, max_new_tokens=4), "reference=none", "max_steps=1")
+    method = build_method(config)
+    assert not method.needs_reference
+    result = train(config, model=eos_prone_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
+    assert "kl" not in read_metrics(result.output_dir, "train")[-1]
+    with pytest.raises(ValueError, match="reference"):  # the KL penalty needs one
+        from alignkit.train.loop import resolve_reference_mode
+
+        bad = make_config(tmp_path, grao(kl_coef=0.1), "reference=none")
+        resolve_reference_mode(bad, build_method(bad))
+
+
+def test_k3_kl_by_hand():
+    policy = torch.tensor([[-1.0, -2.0, 0.0]])
+    reference = torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    r = [-0.5, 1.0]
+    expected = sum(torch.exp(torch.tensor(x)).item() - x - 1 for x in r) / 2
+    assert k3_kl(policy, reference, mask).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_grao_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="group_size"):
+        build_method(make_config(tmp_path, grao(group_size=1)))
+    with pytest.raises(ValueError, match="unknown keys"):
+        build_method(make_config(tmp_path, grao(lamda=0.5)))
