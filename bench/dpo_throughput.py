@@ -289,6 +289,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the alternation; the best round is kept")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"from {', '.join(CONFIGS)}")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "dpo_throughput.json"))
+    parser.add_argument("--from-partial", action="store_true",
+                        help="write the report from the .partial results of an interrupted run (same options)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,6 +298,10 @@ def main() -> None:
         return run_worker(args)
 
     names = args.configs.split(",")
+    if args.from_partial:
+        stored = json.loads(Path(args.out + ".partial").read_text())
+        stored = stored.get("results", stored)
+        names = [n for n in names if n in stored]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}")
@@ -310,7 +316,9 @@ def main() -> None:
     base = [sys.executable, __file__, "--data", str(data_path), *[
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("steps", "warmup", "batch_size", "max_length", "lr",
                                                                  "beta", "threads")]]
-    for round_index in range(args.rounds):
+    if args.from_partial:
+        results = {n: stored[n] for n in names}
+    for round_index in range(0 if args.from_partial else args.rounds):
         for name in names:  # alternate configs so load from other processes spreads over all of them
             start = time.perf_counter()
             proc = subprocess.run([*base, "--worker", name], capture_output=True, text=True, cwd=REPO)
@@ -345,6 +353,7 @@ def main() -> None:
     fp32 = next((n for n in names if n.startswith("alignkit") and rows[n]["precision"] == "fp32"), None)
     report = {
         "command": " ".join(["python", "bench/dpo_throughput.py", *sys.argv[1:]]),
+        "complete": not args.from_partial,
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "matmul_peak_flops": peak,
                     "load_average_at_end": os.getloadavg()},
         "setup": {"model": "builtin smollm2-135m-instruct", "params": params, "pairs": len(data["ids"]),
