@@ -179,11 +179,12 @@ def train(
 def quickstart(
     output_dir: Path = Path("runs/quickstart"),
     steps: Annotated[int, typer.Option(help="training steps")] = 60,
+    overrides: Annotated[list[str] | None, typer.Argument(help="config overrides, key=value")] = None,
 ) -> None:
     """Load the builtin SmolLM2, train it with DPO on the synthetic tasks, and show before/after."""
     from alignkit.quickstart import run_quickstart
 
-    run_quickstart(output_dir=output_dir, steps=steps, console=console)
+    run_quickstart(output_dir=output_dir, steps=steps, console=console, overrides=overrides)
 
 
 from alignkit.eval.command import eval_command, report_command  # noqa: E402 - kept next to its registration

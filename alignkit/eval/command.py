@@ -217,6 +217,10 @@ def eval_command(
         _fail("--judge compares against baseline answers: give --baseline SPEC")
     if (reward_model or judge or baseline or prompts) and not generate:
         _fail("--baseline, --reward-model, --judge and --prompts need --generate")
+    if before and data is None:
+        _fail("--before compares rankings of preference pairs: give --data")
+    if not 0 <= tie_margin < 0.5:
+        _fail(f"--tie-margin must lie in [0, 0.5), got {tie_margin}")
     if not 0 < alpha < 1:
         _fail(f"--alpha must lie strictly between 0 and 1, got {alpha}")
     if not beta > 0:

@@ -696,6 +696,8 @@ def evaluate_generations(
         raise ValueError(f"{len(baseline)} baseline answers for {len(prompts)} prompts")
     if prompt_ids is not None and len(prompt_ids) != len(prompts):
         raise ValueError(f"{len(prompt_ids)} prompt ids for {len(prompts)} prompts")
+    if not 0.0 <= tie_margin < 0.5:  # same rule as judge.compare: 0.5 or more would make every outcome a tie
+        raise ValueError(f"tie_margin must be in [0, 0.5), got {tie_margin}")
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     texts = [prompt_text(p) for p in prompts]
@@ -899,7 +901,8 @@ def write_result(
 ) -> dict[str, Path]:
     """Write ``out_dir/eval/{summary.json, per_example.<fmt>, generations.<fmt>}``; returns the paths.
 
-    A stale table in the other format is removed: the report prefers Parquet, and must not show an old run.
+    Stale tables are removed: one in the other format (the report prefers Parquet), and any table this run
+    does not produce (``None``), so the directory never pairs the new summary with an old run's rows.
     """
     if fmt not in ("parquet", "jsonl"):
         raise ValueError(f"format must be 'parquet' or 'jsonl', got {fmt!r}")
@@ -907,9 +910,10 @@ def write_result(
     paths: dict[str, Path] = {}
     other = "jsonl" if fmt == "parquet" else "parquet"
     for name, rows in (("per_example", per_example), ("generations", generations)):
-        if rows is None:
-            continue
         (eval_dir / f"{name}.{other}").unlink(missing_ok=True)
+        if rows is None:
+            (eval_dir / f"{name}.{fmt}").unlink(missing_ok=True)
+            continue
         paths[name] = write_table(rows, eval_dir / f"{name}.{fmt}")
     summary_path = eval_dir / "summary.json"
     _atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(_clean(summary), indent=2) + "\n",

@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     batch_size: int = 4  # pairs per micro-batch
     gradient_accumulation_steps: int = 1
     bf16: bool = False  # bf16 autocast for compute; master weights stay fp32
+    # Recompute each layer's activations in the backward pass instead of keeping them: less memory (exact,
+    # same results), at the cost of a second forward through the layers.
+    activation_checkpointing: bool = False
     seed: int = 0
     eval_every: int = 50  # 0 disables periodic eval (final eval still runs)
     save_every: int = 50  # 0: only the final model

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,18 @@ def resolve_reference_mode(config: TrainConfig, method: Method) -> str:
     return mode
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """transformers' per-layer checkpointing, non-reentrant (works with frozen inputs, e.g. under LoRA)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
+    if callable(enable):
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if not callable(enable):
+        raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support it")
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def attach_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -76,7 +89,9 @@ def attach_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         raise ValueError(f"lora.target_modules {lora.target_modules} match no module of this model")
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, peft_config)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -118,6 +133,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
                            if reference_mode == "adapter" else None)
 
     model = method.wrap_model(model)  # before the optimizer and any checkpoint restore see its parameters
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
     optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay,

@@ -107,6 +107,8 @@ def test_eval_prompt_file_only(model_dirs, tmp_path):
     (["--data", "/no/such/file.jsonl"], "file not found"),
     (["--data", "synthetic", "--alpha", "1.0"], "--alpha"),
     (["--data", "synthetic", "--column-map", "{oops"], "--column-map"),
+    (["--generate", "--prompts", "p.txt", "--before", "x"], "--before"),
+    (["--data", "synthetic", "--generate", "--tie-margin", "0.5"], "--tie-margin"),
 ])
 def test_eval_errors_are_clear(model_dirs, args, message):
     result = invoke(model_dirs["policy"], *args)

@@ -131,6 +131,20 @@ def test_bootstrap_ci_coverage_near_nominal():
     assert 0.88 <= coverage <= 0.99, coverage
 
 
+def test_win_rate_ci_coverage_near_nominal():
+    # Win/tie/loss draws with a known expected outcome; the 95% interval should hold it ~95% of the time.
+    rng = np.random.default_rng(7)
+    probs = np.array([0.45, 0.2, 0.35])  # P(win), P(tie), P(loss)
+    true_rate = probs[0] + 0.5 * probs[1]
+    n_draws = 200
+    hits = 0
+    for i in range(n_draws):
+        outcomes = rng.choice([1.0, 0.5, 0.0], size=60, p=probs)
+        _, low, high = win_rate(outcomes, n_resamples=1000, seed=i)
+        hits += low <= true_rate <= high
+    assert 0.88 <= hits / n_draws <= 0.99, hits / n_draws
+
+
 def test_win_rate():
     est, low, high = win_rate([1, 1, 0.5, 0, 1, 0.5, 0, 1])
     assert est == pytest.approx(5 / 8)

@@ -192,6 +192,17 @@ def test_write_result_parquet_and_jsonl(tmp_path, full_result):
     assert json.loads(paths["summary"].read_text())["n_examples"] == 8
 
 
+def test_write_result_removes_tables_the_new_run_does_not_produce(tmp_path, full_result):
+    """A generation-only run into the same directory must not leave the old per-example table for the report."""
+    generations = [{"index": 0, "prompt": "q", "response": "a"}]
+    write_result(tmp_path, full_result.summary, full_result.per_example, generations, fmt="jsonl")
+    write_result(tmp_path, full_result.summary, full_result.per_example, fmt="parquet")
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["per_example.parquet", "summary.json"]
+    paths = write_result(tmp_path, {"generation": {}}, None, generations, fmt="jsonl")
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["generations.jsonl", "summary.json"]
+    assert "per_example" not in paths
+
+
 # ------------------------------------------------------------------------------------------- generations
 
 
@@ -249,6 +260,8 @@ def test_scripted_judge_win_rate(models, tokenizer):
     assert w["length_adjusted"] == pytest.approx(lc.win_rate)
     with pytest.raises(ValueError, match="baseline"):
         evaluate_generations(models["policy"], tokenizer, prompts, judge=judge)
+    with pytest.raises(ValueError, match="tie_margin"):  # ≥ 0.5 would turn every judgement into a tie
+        evaluate_generations(models["policy"], tokenizer, prompts, baseline=baseline, judge=judge, tie_margin=0.5)
 
 
 @pytest.fixture(scope="module")

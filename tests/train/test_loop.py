@@ -163,3 +163,23 @@ def test_bco_running_mean_survives_resume(tmp_path, tokenizer):
           stop_after_steps=2)
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     assert state["trainer"]["objective_state"]["bco"]["delta_count"] > 0
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_activation_checkpointing_gives_the_same_training(tmp_path, tokenizer, lora):
+    common = ["max_steps=3", "batch_size=4", f"lora.enabled={str(lora).lower()}"]
+    runs = {}
+    for checkpointed in (False, True):
+        config = make_config(tmp_path / str(checkpointed), *common,
+                             f"activation_checkpointing={str(checkpointed).lower()}")
+        torch.manual_seed(0)
+        result = train(config, model=tiny_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
+        decoder = result.model.get_base_model() if lora else result.model
+        assert decoder.is_activation_checkpointing == checkpointed
+        runs[checkpointed] = (_trainable(result.model), read_metrics(result.output_dir))
+    (plain, plain_metrics), (ckpt, ckpt_metrics) = runs[False], runs[True]
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5)
+    losses = [m["loss"] for m in plain_metrics if m["split"] == "train"]
+    assert losses == pytest.approx([m["loss"] for m in ckpt_metrics if m["split"] == "train"], abs=1e-6)
