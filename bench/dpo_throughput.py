@@ -39,9 +39,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "alignkit_bf16": ("alignkit", {"overrides": ["bf16=true"]}),
     "alignkit_packed_bf16": ("alignkit", {"overrides": ["packing=true", "bf16=true"]}),
     "alignkit_precomputed_ref": ("alignkit", {"overrides": ["reference=precomputed"]}),
-    "alignkit_checkpointed": ("alignkit", {"overrides": [], "activation_checkpointing": True}),
-    "alignkit_precomputed_ref_checkpointed": ("alignkit", {"overrides": ["reference=precomputed"],
-                                                           "activation_checkpointing": True}),
+    "alignkit_checkpointed": ("alignkit", {"overrides": ["activation_checkpointing=true"]}),
+    "alignkit_precomputed_ref_checkpointed": ("alignkit", {"overrides": ["reference=precomputed",
+                                                                         "activation_checkpointing=true"]}),
+    "alignkit_packed_precomputed_ref": ("alignkit", {"overrides": ["packing=true", "reference=precomputed"]}),
 }
 DEFAULT_CONFIGS = ["trl_default", "alignkit_default", "trl_precompute_ref", "alignkit_precomputed_ref",
                    "alignkit_bf16", "alignkit_checkpointed"]
@@ -183,8 +184,6 @@ def worker_alignkit(args: argparse.Namespace, data: dict, settings: dict, out_di
         return step(self, *a, **k)
 
     preference.PreferenceMethod.step = timed_step
-    if settings.get("activation_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     logs: list[str] = []
     steps = args.warmup + args.steps
     config = load_config(None, [
@@ -204,7 +203,7 @@ def worker_alignkit(args: argparse.Namespace, data: dict, settings: dict, out_di
     return {"losses": [x["loss"] for x in train_lines], **durations,
             "setup_seconds": marks[0][0] - setup, "log": logs,
             "settings": {"overrides": settings["overrides"], "lora": False,
-                         "activation_checkpointing": bool(settings.get("activation_checkpointing"))}}
+                         "activation_checkpointing": "activation_checkpointing=true" in settings["overrides"]}}
 
 
 def _durations(marks: list[tuple[float, float]]) -> dict[str, list[float]]:

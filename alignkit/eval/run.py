@@ -606,7 +606,9 @@ def sample_token_ids(
                     mask[row, width - len(encoded[i]):] = 1
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
-                                     top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=eos)
+                                     top_p=1.0, top_k=0, pad_token_id=pad, eos_token_id=eos,
+                                     # a model's generation_config may set these; they would bias the estimate
+                                     repetition_penalty=1.0, no_repeat_ngram_size=0)
                 for row, i in enumerate(chunk):
                     new = out[row, width:].tolist()
                     responses[i] = new[:new.index(eos) + 1] if eos in new else new

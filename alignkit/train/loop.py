@@ -31,7 +31,7 @@ from alignkit.train.checkpoint import (
 )
 from alignkit.train.config import TrainConfig, dump_config
 from alignkit.train.methods import BatchContext, Method, build_method
-from alignkit.train.packing import micro_batches
+from alignkit.train.packing import layout_support, micro_batches
 from alignkit.train.progress import TrainProgress
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
 
@@ -122,7 +122,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
     if reference_mode == "precomputed":  # computed from the initial weights, before any adapter exists
         common = dict(pad_id=tokenizer.pad_token_id, batch_size=config.batch_size,
                       chunk_size=config.logprob_chunk_size, autocast_dtype=autocast_dtype,
-                      score_prompt=method.score_prompt, log=log)
+                      score_prompt=method.score_prompt, log=log,
+                      shared_prefix=config.layout == "shared_prefix" and layout_support(model, tokenizer.pad_token_id)
+                      is None)
         precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common)
         eval_precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common)
     frozen = FrozenCopyReference(model, config.logprob_chunk_size, autocast_dtype) \

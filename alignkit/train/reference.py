@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from alignkit.models.builtin import cache_root
 from alignkit.train.logprobs import SequenceBatch, SequenceLogps, sequence_logps
-from alignkit.train.packing import PackedBatch
+from alignkit.train.packing import Group, PackedBatch, build_groups
 
 Rows = Sequence[tuple[list[int], list[int]]]
 
@@ -81,6 +81,17 @@ def rows_fingerprint(rows: Rows, settings: dict) -> str:
     return digest.hexdigest()
 
 
+def _consecutive_groups(rows: Rows) -> list[Group]:
+    """Runs of consecutive rows with the same prompt as shared-prefix groups; responses keep row order."""
+    groups: list[Group] = []
+    for prompt, response in rows:
+        if groups and groups[-1][0] == prompt:
+            groups[-1][1].append(response)
+        else:
+            groups.append((prompt, [response]))
+    return groups
+
+
 class PrecomputedReference:
     """Reference log-probs computed once per row and looked up by row index afterwards."""
 
@@ -101,13 +112,15 @@ class PrecomputedReference:
         chunk_size: int = 1024,
         autocast_dtype: torch.dtype | None = None,
         score_prompt: bool = False,
+        shared_prefix: bool = False,
         cache_dir: Path | None = None,
         log: Callable[[str], None] = print,
         progress: Callable | None = None,
     ) -> PrecomputedReference:
         from alignkit.train.logprobs import collate
 
-        settings = {"score_prompt": score_prompt, "autocast": str(autocast_dtype), "v": 1}
+        settings = {"score_prompt": score_prompt, "autocast": str(autocast_dtype), "v": 1,
+                    "layout": "shared_prefix" if shared_prefix else "padded"}
         key = hashlib.sha256("|".join([model_fingerprint(model), tokenizer_fingerprint(tokenizer),
                                        rows_fingerprint(rows, settings)]).encode()).hexdigest()[:32]
         cache_dir = cache_dir or cache_root() / "reference_logps"
@@ -124,8 +137,9 @@ class PrecomputedReference:
         with torch.no_grad(), ctx as advance:
             for start in range(0, len(rows), batch_size):
                 part = rows[start:start + batch_size]
-                out = sequence_logps(model, collate(part, pad_id, score_prompt).to(device), chunk_size,
-                                     autocast_dtype)
+                batch = (build_groups(_consecutive_groups(part), pad_id, score_prompt) if shared_prefix
+                         else collate(part, pad_id, score_prompt))
+                out = sequence_logps(model, batch.to(device), chunk_size, autocast_dtype)
                 values.append(out.logps.float().cpu())
                 counts.append(out.tokens.float().cpu())
                 if advance:
