@@ -34,7 +34,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "trl_default": ("trl", {}),
     "trl_precompute_ref": ("trl", {"precompute_ref_log_probs": True}),
     "alignkit_default": ("alignkit", {"overrides": []}),
-    "alignkit_packed": ("alignkit", {"overrides": ["packing=true"]}),
+    "alignkit_packed": ("alignkit", {"overrides": ["packing=true"]}),  # the default since 2026-11-25
+    "alignkit_shared_prefix": ("alignkit", {"overrides": ["packing=false"]}),  # the default before
     "alignkit_padded": ("alignkit", {"overrides": ["layout=padded"]}),
     "alignkit_bf16": ("alignkit", {"overrides": ["bf16=true"]}),
     "alignkit_packed_bf16": ("alignkit", {"overrides": ["packing=true", "bf16=true"]}),
@@ -44,8 +45,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                                                          "activation_checkpointing=true"]}),
     "alignkit_packed_precomputed_ref": ("alignkit", {"overrides": ["packing=true", "reference=precomputed"]}),
 }
-DEFAULT_CONFIGS = ["trl_default", "alignkit_default", "trl_precompute_ref", "alignkit_precomputed_ref",
-                   "alignkit_bf16", "alignkit_checkpointed"]
+DEFAULT_CONFIGS = ["trl_default", "alignkit_default", "alignkit_shared_prefix", "trl_precompute_ref",
+                   "alignkit_precomputed_ref", "alignkit_checkpointed"]
 
 
 # ---------------------------------------------------------------- data

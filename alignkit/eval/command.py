@@ -336,15 +336,18 @@ def eval_command(
     seconds["total"] = time.perf_counter() - t_start
     summary["seconds"] = seconds
     paths = write_result(out_dir, summary, per_example, generations, fmt=table_format)  # type: ignore[arg-type]
+    # eval's own before/after samples (baseline vs model); a training run's OUT/samples.jsonl is left alone and
+    # the report prefers it. Rewritten on every eval so the report never shows an earlier eval's samples.
+    samples = out_dir / "eval" / "samples.jsonl"
+    samples.unlink(missing_ok=True)
     if generations and any("baseline_response" in g for g in generations):
-        samples = out_dir / "samples.jsonl"
-        if not samples.exists():  # never overwrite a training run's own before/after samples
-            with samples.open("w", encoding="utf-8") as fh:
-                for g in generations:
-                    row = {"prompt": g["prompt"], "before": g["baseline_response"], "after": g["response"]}
-                    if "verified" in g:
-                        row.update(verified_before=g.get("baseline_verified"), verified_after=g["verified"])
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        samples.parent.mkdir(parents=True, exist_ok=True)
+        with samples.open("w", encoding="utf-8") as fh:
+            for g in generations:
+                row = {"prompt": g["prompt"], "before": g["baseline_response"], "after": g["response"]}
+                if "verified" in g:
+                    row.update(verified_before=g.get("baseline_verified"), verified_after=g["verified"])
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     _print_summary(summary)
     for name, path in paths.items():
         console.print(f"{name}: {path}")

@@ -9,7 +9,8 @@ Inputs, all inside ``run_dir`` and all optional except that missing pieces get a
 * ``metrics.jsonl``: one JSON object per line with an integer ``step``, a ``split`` ("train"/"eval") and any
   numeric keys. Every numeric key is plotted against step, train and eval in the same panel.
 * ``config.yaml``: shown verbatim.
-* ``samples.jsonl``: ``{"prompt", "before", "after"[, "verified_before", "verified_after"]}`` side by side.
+* ``samples.jsonl`` (or ``eval/samples.jsonl``, written by ``alignkit eval`` with a baseline):
+  ``{"prompt", "before", "after"[, "verified_before", "verified_after"]}`` side by side.
 * ``eval/per_example.parquet`` or ``eval/per_example.jsonl``: per-pair log-probs -> histograms.
 * ``eval/summary.json``: shown as a table.
 """
@@ -443,7 +444,9 @@ def write_report(run_dir: Path, out_path: Path | None = None, eval_table: Path |
         expected = run_dir / "eval" / "per_example.{parquet,jsonl}"
         sections.append(("per-example", "Per-example evaluation", _missing("per-example evaluation", expected)))
 
-    samples_path = run_dir / "samples.jsonl"
+    samples_path = run_dir / "samples.jsonl"  # a training run's; else an eval's baseline-vs-model samples
+    if not samples_path.is_file() and (run_dir / "eval" / "samples.jsonl").is_file():
+        samples_path = run_dir / "eval" / "samples.jsonl"
     if samples_path.is_file():
         sections.append(("samples", "Samples before / after", _samples_section(_read_jsonl(samples_path))))
     else:

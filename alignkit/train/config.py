@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alignkit.models.builtin import DEFAULT_MODEL
 
@@ -100,17 +100,13 @@ class TrainConfig(_Strict):
     # positions restarting per response) when that is exact for the model, else falls back to "padded" rows
     # of [prompt | response] with the reason logged; "padded" forces the plain layout (debugging).
     layout: Literal["shared_prefix", "padded"] = "shared_prefix"
-    packing: bool = False  # also pack several prompts' rows into one row (block-diagonal mask): less padding
+    # With shared_prefix, also pack several prompts' rows into one row (block-diagonal mask, rows no longer than
+    # the longest group): no padding. Exact like shared_prefix; ignored by the padded layout.
+    packing: bool = True
     pack_row_tokens: int | None = None  # packed row capacity; None: the longest group of the micro-batch
     max_tokens_per_batch: int | None = None  # token-budget micro-batches (length-grouped) instead of batch_size
     resume: bool = False
     progress: bool = True
-
-    @model_validator(mode="after")
-    def _packing_needs_shared_prefix(self) -> TrainConfig:
-        if self.packing and self.layout == "padded":
-            raise ValueError("packing: true needs layout: shared_prefix (the padded layout is the plain path)")
-        return self
 
     @field_validator("objectives")
     @classmethod

@@ -84,8 +84,15 @@ def test_eval_synthetic_with_generation_scorers(model_dirs, tmp_path):
     assert set(gen["win_rate"]) == {"verifier", "reward_model", "judge"}
     assert {"k1", "k3"} <= set(gen["kl"])
     assert (out / "eval" / "generations.parquet").is_file() and (out / "eval" / "per_example.parquet").is_file()
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and {"prompt", "before", "after", "verified_after"} <= set(samples[0])
+    assert not (out / "samples.jsonl").exists()  # that name belongs to training runs
+
+    # a later eval without a baseline must not leave the earlier eval's samples for the report to show
+    result = invoke(model_dirs["policy"], "--data", "synthetic", "--max-examples", "4", "--generate",
+                    "--max-prompts", "2", "--max-new-tokens", "3", "--no-kl", "--out", str(out), "--report")
+    assert result.exit_code == 0, result.output
+    assert not (out / "eval" / "samples.jsonl").exists()
 
 
 def test_eval_prompt_file_only(model_dirs, tmp_path):

@@ -143,7 +143,7 @@ def test_a_dpo_training_step_is_the_same_in_every_layout(tokenizer, monkeypatch,
         monkeypatch.setattr(preference, "JOINT_OBJECTIVES", {"dpo"})
     items = _pairs(tokenizer)
     results = {}
-    for name, overrides in {"padded": ["layout=padded"], "shared": [], "packed": ["packing=true"]}.items():
+    for name, overrides in {"padded": ["layout=padded"], "shared": ["packing=false"], "packed": []}.items():
         config = load_config(None, ["objectives=[{name: dpo, beta: 0.1}]", *overrides])
         model = tiny_llama(tokenizer)
         reference = FrozenCopyReference(model)
@@ -174,7 +174,7 @@ def test_unpaired_step_is_the_same_in_both_layouts(tokenizer):
     examples = [EncodedExample(p.prompt, p.chosen if i % 2 else p.rejected, label=bool(i % 2))
                 for i, p in enumerate(_pairs(tokenizer))]
     losses = {}
-    for name, overrides in {"padded": ["layout=padded"], "shared": [], "packed": ["packing=true"]}.items():
+    for name, overrides in {"padded": ["layout=padded"], "shared": ["packing=false"], "packed": []}.items():
         config = load_config(None, ["objectives=[{name: kto}]", *overrides])
         model = tiny_llama(tokenizer)
         reference = FrozenCopyReference(model)
