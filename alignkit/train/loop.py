@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -153,6 +154,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
             raise CheckpointError(f"resume requested but {out_dir / 'checkpoints'} holds no checkpoint")
         state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
         log(f"resumed from {checkpoint} at step {state.step}")
+    else:
+        _start_fresh(out_dir, log)
     metrics_path = out_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, state.step)
 
@@ -267,6 +270,19 @@ def _append_metrics(path: Path, step: int, split: str, metrics: dict[str, float]
         for key, value in metrics.items():
             writer.add_scalar(f"{split}/{key}", value, step)
         writer.flush()
+
+
+def _start_fresh(out_dir: Path, log: Callable[[str], None]) -> None:
+    """A run without ``resume`` owns its directory: an earlier run's metrics and checkpoints would otherwise
+    mix into this run's curves and be taken for its last good checkpoint."""
+    old_metrics = out_dir / "metrics.jsonl"
+    old_checkpoints = sorted((out_dir / "checkpoints").glob("step-*"))
+    if old_metrics.exists() or old_checkpoints:
+        log(f"fresh run (no --resume): replacing the earlier run's metrics.jsonl and {len(old_checkpoints)} "
+            f"checkpoint(s) in {out_dir}")
+    old_metrics.unlink(missing_ok=True)
+    for checkpoint in old_checkpoints:
+        shutil.rmtree(checkpoint)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
