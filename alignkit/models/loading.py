@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,6 +16,10 @@ from alignkit.models.builtin import (
     clear_gguf_quantization_markers,
     ensure_converted,
 )
+
+# peft (0.21) reads transformers 5's deprecated `is_gradient_checkpointing` whenever it wraps or loads an
+# adapter; the warning is about peft's code, not the user's, so it is silenced here.
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated.*", category=FutureWarning)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

@@ -11,7 +11,6 @@ import json
 import math
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +89,7 @@ def attach_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         raise ValueError(f"lora.target_modules {lora.target_modules} match no module of this model")
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=targets, task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, peft_config)
+    return get_peft_model(model, peft_config)  # (its deprecation warning is filtered in alignkit.models.loading)
 
 
 # ---------------------------------------------------------------- the recipe
