@@ -68,7 +68,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def _hidden_path(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+def hidden_state_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, lm_head) when logits are a plain linear map of the last hidden state, else None."""
     base = _unwrap(model)
     config = getattr(base, "config", None)
@@ -157,7 +157,7 @@ def _score(model: nn.Module, input_ids: Tensor, mask: Tensor, position_ids: Tens
     device = input_ids.device
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
                 else nullcontext())
-    path = _hidden_path(model)
+    path = hidden_state_head(model)
     with autocast:
         if path is None:
             states = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from alignkit.objectives.distill import adpa_loss, dckd_loss, merge_teacher_topk
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import load_run_data
-from alignkit.train.logprobs import collate
+from alignkit.train.logprobs import collate, hidden_state_head
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.methods.online import Options, float_metrics, sample_responses, unwrap_model
 from alignkit.train.reference import rows_fingerprint
@@ -53,22 +53,6 @@ from alignkit.train.reference import rows_fingerprint
 TOPK_FORMAT = 1
 
 # ------------------------------------------------------------------------------------------ logits
-
-
-def _head_path(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """(decoder, lm_head) when logits are a plain linear map of the last hidden state, else None."""
-    get_base = getattr(model, "get_base_model", None)  # PEFT: LoRA layers are injected, so they stay active
-    base = get_base() if callable(get_base) else model
-    config = getattr(base, "config", None)
-    if config is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return None
-    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
-    if not callable(get_decoder) or not callable(get_head):
-        return None
-    decoder, head = get_decoder(), get_head()
-    if decoder is None or head is None or decoder is base:
-        return None
-    return decoder, head
 
 
 @dataclass
@@ -95,7 +79,7 @@ def response_logits(model: nn.Module, rows: Rows, pad_id: int, autocast_dtype: t
     source = (starts[:, None] + steps[None, :]).clamp(max=batch.input_ids.shape[1] - 1)
     labels = torch.where(mask, batch.input_ids.gather(1, (source + 1).clamp(max=batch.input_ids.shape[1] - 1)), 0)
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    path = _head_path(model)
+    path = hidden_state_head(model)
     with autocast:
         if path is None:
             full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

@@ -40,7 +40,7 @@ from alignkit.data.synthetic_extra import SYNTHETIC_OBJECTIVES, load_vector_pair
 from alignkit.data.tokenize import PromptEncoder, TruncationStats, encode_pair
 from alignkit.objectives.mah_dpo import MultiHeadLM, mah_dpo_loss
 from alignkit.train.config import TrainConfig
-from alignkit.train.logprobs import SequenceBatch, _hidden_path, collate
+from alignkit.train.logprobs import SequenceBatch, collate, hidden_state_head
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.reference import AdapterDisabledReference
 
@@ -61,7 +61,7 @@ def head_logps(lm: nn.Module, heads: Sequence[nn.Module], batch: SequenceBatch, 
                autocast_dtype: torch.dtype | None = None, active: Sequence[bool] | None = None) -> Tensor:
     """[K, N] summed response log-probs of every row under every head; one backbone pass, and the vocabulary
     projection only at response positions, ``chunk_size`` at a time. Inactive heads give zeros, uncomputed."""
-    path = _hidden_path(lm)
+    path = hidden_state_head(lm)
     if path is None:
         raise ValueError("mah_dpo needs a causal LM whose logits are a linear map of its last hidden state")
     decoder, _ = path
