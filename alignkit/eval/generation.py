@@ -28,17 +28,31 @@ def generate(
     autocast_dtype: torch.dtype | None = None,
 ) -> list[str]:
     """Replies to ``prompts`` (greedy by default), left-padded batches, decoded without special tokens."""
-    encoder = PromptEncoder(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
-    model.eval()
-    torch.manual_seed(seed)
-    replies: list[str] = []
+    # the caller's random state is left as it was: sampling uses its own seeded stream
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model.eval()
+        try:
+            return _generate_batches(model, tokenizer, prompts, max_new_tokens, batch_size, do_sample, temperature,
+                                     top_p, system, progress, autocast_dtype, device)
+        finally:
+            model.train(was_training)
+
+
+def _generate_batches(model: nn.Module, tokenizer, prompts: Sequence[Text], max_new_tokens: int, batch_size: int,
+                      do_sample: bool, temperature: float, top_p: float, system: str | None,
+                      progress: Callable[[int], None] | None, autocast_dtype: torch.dtype | None,
+                      device: torch.device) -> list[str]:
+    encoder = PromptEncoder(tokenizer)
     # sort by length so each batch pads little; restore the order at the end
     encoded = [encoder.encode_prompt(p, system) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     by_index: dict[int, str] = {}
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in chunk)
@@ -48,8 +62,6 @@ def generate(
             n = len(encoded[i])
             ids[row, width - n:] = torch.tensor(encoded[i])
             mask[row, width - n:] = 1
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else \
-            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with autocast:
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
@@ -58,6 +70,4 @@ def generate(
             by_index[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
         if progress:
             progress(len(chunk))
-    model.train(was_training)
-    replies = [by_index[i] for i in range(len(prompts))]
-    return replies
+    return [by_index[i] for i in range(len(prompts))]
