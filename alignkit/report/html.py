@@ -292,7 +292,34 @@ def _per_example_section(table: dict[str, list[Any]], source: Path) -> str:
     for ax, (title, xlabel, values, color) in zip(axes, panels, strict=True):
         _hist(ax, values, title, xlabel, color)
     parts.append(_img(fig, "Per-example histograms: " + ", ".join(p[0] for p in panels)))
+    difficulty = col("difficulty")
+    if difficulty is not None and correct is not None:
+        pairs = [(float(d), float(c)) for d, c in zip(difficulty, correct, strict=False)
+                 if _is_number(d) and (isinstance(c, bool) or _is_number(c))]
+        if len(pairs) >= 10:
+            parts.append(_accuracy_by_difficulty(pairs))
     return "".join(parts)
+
+
+def _accuracy_by_difficulty(pairs: list[tuple[float, float]], bins: int = 10) -> str:
+    """Ranking accuracy within equal-count bins of difficulty: where the model ranks pairs correctly."""
+    pairs = sorted(pairs)
+    bins = min(bins, len(pairs))
+    edges = [round(i * len(pairs) / bins) for i in range(bins + 1)]
+    groups = [pairs[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+    accuracy = [sum(c for _, c in g) / len(g) for g in groups]
+    labels = [f"{g[0][0]:.3g}…{g[-1][0]:.3g}" for g in groups]
+    width, height = 8.8, 3.0
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    _fixed_layout(fig, 1, width, height)
+    ax.bar(range(len(groups)), accuracy, color="#1f77b4", alpha=0.85)
+    ax.set_xticks(range(len(groups)), labels, rotation=20, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="#333", linewidth=0.8, linestyle=":")
+    ax.set_title(f"Ranking accuracy by difficulty ({len(groups)} equal-count bins of c)", fontsize=10)
+    ax.set_ylabel("share ranked correctly", fontsize=9)
+    return _img(fig, "Ranking accuracy by difficulty bin")
 
 
 # --------------------------------------------------------------------------------------------------

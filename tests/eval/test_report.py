@@ -102,6 +102,7 @@ def test_report_content_and_escaping(tmp_path):
     assert any(a.startswith("Loss") for a in imgs) and any(a.startswith("Rewards") for a in imgs)
     assert any("ranking_accuracy" in a for a in imgs)
     assert any(a.startswith("Per-example") for a in imgs)
+    assert "Ranking accuracy by difficulty bin" in imgs
     assert "verified: ✓" in text and "verified: ✗" in text
     plotted = " ".join(imgs)
     assert "note" not in plotted and "maybe" not in plotted  # string / null values are not plotted
