@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from alignkit.data.readers import load_records
 from alignkit.data.records import BinaryFeedback, PreferencePair, RankedGroup
 from alignkit.data.synthetic import make_synthetic
+from alignkit.data.synthetic_extra import split_and_cap
 from alignkit.data.tokenize import (
     EncodedExample,
     EncodedPair,
@@ -51,36 +52,46 @@ def pairs_to_binary(pairs: list[PreferencePair]) -> list[BinaryFeedback]:
     return out
 
 
-def load_run_data(config: TrainConfig, tokenizer, run_dir, unpaired: bool, log: Callable = print) -> RunData:
+def read_splits(config: TrainConfig, from_synthetic: Callable[[list[PreferencePair]], list],
+                read: Callable[[str], list]) -> tuple[list, list]:
+    """A run's train and eval records: the synthetic tasks' pairs through ``from_synthetic``, or ``data.train``
+    and ``data.eval`` through ``read``. Without ``data.eval``, ``eval_fraction`` of train is held out (seeded);
+    both splits are then capped by ``max_train_examples`` / ``max_eval_examples``."""
     data = config.data
     if data.train == "synthetic":
         syn = data.synthetic
-        train, evaluation = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
+        train_pairs, eval_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
+        train, evaluation = from_synthetic(train_pairs), from_synthetic(eval_pairs)
     else:
-        train = _load(data.train, config, run_dir, log)
-        if data.eval:
-            evaluation = _load(data.eval, config, run_dir, log)
-        else:
-            shuffled = train[:]
-            random.Random(config.seed).shuffle(shuffled)
-            n_eval = max(1, int(len(shuffled) * data.eval_fraction))
-            evaluation, train = shuffled[:n_eval], shuffled[n_eval:]
-    if data.max_train_examples:
-        train = train[: data.max_train_examples]
-    if data.max_eval_examples:
-        evaluation = evaluation[: data.max_eval_examples]
+        train, evaluation = read(data.train), read(data.eval) if data.eval else None
+    return split_and_cap(train, evaluation, data.eval_fraction, config.seed, data.max_train_examples,
+                         data.max_eval_examples)
+
+
+def encode_splits(splits: Iterable[list], encode: Callable[[Any], Any], max_length: int,
+                  log: Callable[[str], None]) -> list[list]:
+    """``encode`` every record of every split, logging per split how many prompts/responses were truncated."""
+    encoded = []
+    for split in splits:
+        stats = TruncationStats()
+        items = [encode(record) for record in split]
+        for item in items:
+            stats.add(item)
+        if stats.prompt_truncated or stats.response_truncated:
+            log(f"truncation to max_length={max_length}: {stats.summary()}")
+        encoded.append(items)
+    return encoded
+
+
+def load_run_data(config: TrainConfig, tokenizer, run_dir, unpaired: bool, log: Callable = print) -> RunData:
+    data = config.data
+    train, evaluation = read_splits(config, lambda pairs: pairs, lambda source: _load(source, config, run_dir, log))
     if unpaired and train and isinstance(train[0], PreferencePair):
         train, evaluation = pairs_to_binary(train), pairs_to_binary(evaluation)
     encoder = PromptEncoder(tokenizer, data.use_chat_template)
-    encoded = []
-    for split in (train, evaluation):
-        stats = TruncationStats()
-        items = [_encode(encoder, r, data.max_length, data.max_prompt_length) for r in split]
-        for item in items:
-            stats.add(item)
-        encoded.append(items)
-        if stats.prompt_truncated or stats.response_truncated:
-            log(f"truncation to max_length={data.max_length}: {stats.summary()}")
+    encoded = encode_splits((train, evaluation),
+                            lambda record: _encode(encoder, record, data.max_length, data.max_prompt_length),
+                            data.max_length, log)
     log(f"data: {len(train)} train and {len(evaluation)} eval examples")
     return RunData(train, evaluation, encoded[0], encoded[1])
 

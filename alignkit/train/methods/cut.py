@@ -21,11 +21,11 @@ from torch import Tensor
 
 from alignkit.data.readers import load_records
 from alignkit.data.records import Judgment, Message, Text
-from alignkit.data.synthetic import make_synthetic
-from alignkit.data.synthetic_extra import make_judgments, split_and_cap
-from alignkit.data.tokenize import PromptEncoder, TruncationStats, truncate
+from alignkit.data.synthetic_extra import make_judgments
+from alignkit.data.tokenize import PromptEncoder, truncate
 from alignkit.objectives.cut import cut_loss
 from alignkit.train.config import TrainConfig
+from alignkit.train.data import encode_splits, read_splits
 from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 
@@ -119,30 +119,18 @@ class CutMethod(Method):
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
         data = self.config.data
-        if data.train == "synthetic":
-            syn = data.synthetic
-            train_pairs, eval_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
-            train, evaluation = make_judgments(train_pairs), make_judgments(eval_pairs)
-        else:
-            def read(source: str) -> list[Judgment]:
-                return load_records(source, kind="judgment", column_map=data.column_map,
-                                    on_invalid=data.on_invalid, rejected_rows_path=run_dir / "rejected_rows.jsonl",
-                                    log=log).records
 
-            train, evaluation = read(data.train), read(data.eval) if data.eval else None
-        train, evaluation = split_and_cap(train, evaluation, data.eval_fraction, self.config.seed,
-                                          data.max_train_examples, data.max_eval_examples)
+        def read(source: str) -> list[Judgment]:
+            return load_records(source, kind="judgment", column_map=data.column_map, on_invalid=data.on_invalid,
+                                rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log).records
+
+        train, evaluation = read_splits(self.config, make_judgments, read)
         encoder = PromptEncoder(tokenizer, data.use_chat_template)
-        encoded = []
-        for split in (train, evaluation):
-            stats = TruncationStats()
-            items = [encode_judgment(encoder, r, is_negative(r, self.positive_score), self.template,
-                                     data.max_length, data.max_prompt_length) for r in split]
-            for item in items:
-                stats.add(item)
-            if stats.prompt_truncated or stats.response_truncated:
-                log(f"truncation to max_length={data.max_length}: {stats.summary()}")
-            encoded.append(items)
+        encoded = encode_splits(
+            (train, evaluation),
+            lambda r: encode_judgment(encoder, r, is_negative(r, self.positive_score), self.template, data.max_length,
+                                      data.max_prompt_length),
+            data.max_length, log)
         n_neg = sum(item.negative for item in encoded[0])
         if not n_neg:
             log("cut: no training example carries a judgment, so this is plain SFT")

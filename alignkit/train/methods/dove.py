@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from alignkit.data.synthetic import make_synthetic
-from alignkit.data.synthetic_extra import JointPair, load_joint_pairs, make_joint_pairs, split_and_cap
-from alignkit.data.tokenize import PromptEncoder, TruncationStats, encode_example, encode_pair
+from alignkit.data.synthetic_extra import JointPair, load_joint_pairs, make_joint_pairs
+from alignkit.data.tokenize import PromptEncoder, encode_example, encode_pair
 from alignkit.objectives import PairLogps, get_objective
 from alignkit.train.config import TrainConfig
+from alignkit.train.data import encode_splits, read_splits
 from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.methods.preference import combine_objectives
@@ -93,29 +93,19 @@ class DoveMethod(Method):
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
         data = self.config.data
-        if data.train == "synthetic":
-            syn = data.synthetic
-            train_pairs, eval_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
-            train = make_joint_pairs(train_pairs, syn.seed, self.conditional_fraction)
-            evaluation = make_joint_pairs(eval_pairs, syn.seed, self.conditional_fraction)
-        else:
-            def read(source: str) -> list[JointPair]:
-                return load_joint_pairs(source, column_map=data.column_map, on_invalid=data.on_invalid,
-                                        rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
 
-            train, evaluation = read(data.train), read(data.eval) if data.eval else None
-        train, evaluation = split_and_cap(train, evaluation, data.eval_fraction, self.config.seed,
-                                          data.max_train_examples, data.max_eval_examples)
+        def from_synthetic(pairs: list) -> list[JointPair]:
+            return make_joint_pairs(pairs, data.synthetic.seed, self.conditional_fraction)
+
+        def read(source: str) -> list[JointPair]:
+            return load_joint_pairs(source, column_map=data.column_map, on_invalid=data.on_invalid,
+                                    rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+
+        train, evaluation = read_splits(self.config, from_synthetic, read)
         encoder = PromptEncoder(tokenizer, data.use_chat_template)
-        encoded = []
-        for split in (train, evaluation):
-            stats = TruncationStats()
-            items = [encode_joint_pair(encoder, p, data.max_length, data.max_prompt_length) for p in split]
-            for item in items:
-                stats.add(item)
-            if stats.prompt_truncated or stats.response_truncated:
-                log(f"truncation to max_length={data.max_length}: {stats.summary()}")
-            encoded.append(items)
+        encoded = encode_splits((train, evaluation),
+                                lambda p: encode_joint_pair(encoder, p, data.max_length, data.max_prompt_length),
+                                data.max_length, log)
         n_joint = sum(item.joint for item in encoded[0])
         log(f"data: {len(train)} train ({n_joint} joint, {len(train) - n_joint} conditional) and "
             f"{len(evaluation)} eval joint pairs")

@@ -35,11 +35,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from alignkit.data.records import PreferencePair
-from alignkit.data.synthetic import make_synthetic
-from alignkit.data.synthetic_extra import SYNTHETIC_OBJECTIVES, load_vector_pairs, make_vector_pairs, split_and_cap
-from alignkit.data.tokenize import PromptEncoder, TruncationStats, encode_pair
+from alignkit.data.synthetic_extra import SYNTHETIC_OBJECTIVES, load_vector_pairs, make_vector_pairs
+from alignkit.data.tokenize import PromptEncoder, encode_pair
 from alignkit.objectives.mah_dpo import MultiHeadLM, mah_dpo_loss
 from alignkit.train.config import TrainConfig
+from alignkit.train.data import encode_splits, read_splits
 from alignkit.train.logprobs import SequenceBatch, collate, hidden_state_head
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.reference import AdapterDisabledReference
@@ -126,25 +126,21 @@ class MahDpoMethod(Method):
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
         data = self.config.data
-        if data.train == "synthetic":
-            syn = data.synthetic
-            train_pairs, eval_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
+
+        def from_synthetic(pairs: list[PreferencePair]) -> list[PreferencePair]:
             # configured heads pick a subset of the synthetic objectives (SYNTHETIC_OBJECTIVES)
             objectives = {name: families for name, families in SYNTHETIC_OBJECTIVES.items()
                           if self.head_names is None or name in self.head_names}
             if self.head_names is not None and set(self.head_names) - set(objectives):
                 raise ValueError(f"mah_dpo: the synthetic data labels the objectives {list(SYNTHETIC_OBJECTIVES)}; "
                                  f"heads {sorted(set(self.head_names) - set(objectives))} would get no labels")
-            train, evaluation = make_vector_pairs(train_pairs, objectives), make_vector_pairs(eval_pairs, objectives)
-        else:
-            def read(source: str) -> list[PreferencePair]:
-                return load_vector_pairs(source, self.head_names, column_map=data.column_map,
-                                         on_invalid=data.on_invalid,
-                                         rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+            return make_vector_pairs(pairs, objectives)
 
-            train, evaluation = read(data.train), read(data.eval) if data.eval else None
-        train, evaluation = split_and_cap(train, evaluation, data.eval_fraction, self.config.seed,
-                                          data.max_train_examples, data.max_eval_examples)
+        def read(source: str) -> list[PreferencePair]:
+            return load_vector_pairs(source, self.head_names, column_map=data.column_map, on_invalid=data.on_invalid,
+                                     rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+
+        train, evaluation = read_splits(self.config, from_synthetic, read)
         if self.head_names is None:
             self.head_names = sorted({name for p in train for name in p.metadata["preferences"]})
         unknown = sorted({n for p in train + evaluation for n in p.metadata["preferences"]} - set(self.head_names))
@@ -152,20 +148,15 @@ class MahDpoMethod(Method):
             raise ValueError(f"mah_dpo: the data labels objectives {unknown} that are not among heads "
                              f"{self.head_names}")
         encoder = PromptEncoder(tokenizer, data.use_chat_template)
-        encoded = []
-        for split in (train, evaluation):
-            stats = TruncationStats()
-            items = []
-            for pair in split:
-                e = encode_pair(encoder, pair.prompt, pair.chosen, pair.rejected, pair.system, data.max_length,
-                                data.max_prompt_length)
-                vector = [int(pair.metadata["preferences"].get(name, 0)) for name in self.head_names]
-                items.append(EncodedVectorPair(e.prompt, e.chosen, e.rejected, vector, e.prompt_truncated,
-                                               e.response_truncated))
-                stats.add(items[-1])
-            if stats.prompt_truncated or stats.response_truncated:
-                log(f"truncation to max_length={data.max_length}: {stats.summary()}")
-            encoded.append(items)
+        head_names = self.head_names
+
+        def encode(pair: PreferencePair) -> EncodedVectorPair:
+            e = encode_pair(encoder, pair.prompt, pair.chosen, pair.rejected, pair.system, data.max_length,
+                            data.max_prompt_length)
+            vector = [int(pair.metadata["preferences"].get(name, 0)) for name in head_names]
+            return EncodedVectorPair(e.prompt, e.chosen, e.rejected, vector, e.prompt_truncated, e.response_truncated)
+
+        encoded = encode_splits((train, evaluation), encode, data.max_length, log)
         counts = {name: sum(item.preference[k] != 0 for item in encoded[0]) for k, name in enumerate(self.head_names)}
         log(f"data: {len(train)} train and {len(evaluation)} eval vector-labelled pairs; labels per head: {counts}")
         return encoded[0], encoded[1]

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from alignkit.data.synthetic import make_synthetic
-from alignkit.data.synthetic_extra import SFTExample, load_sft_examples, split_and_cap
-from alignkit.data.tokenize import PromptEncoder, TruncationStats, encode_example
+from alignkit.data.synthetic_extra import SFTExample, load_sft_examples
+from alignkit.data.tokenize import PromptEncoder, encode_example
 from alignkit.models import load_model
 from alignkit.models.builtin import cache_root
 from alignkit.objectives.poft import aligned_model_scores, poft_loss
 from alignkit.train.config import TrainConfig
+from alignkit.train.data import encode_splits, read_splits
 from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.reference import PrecomputedReference
@@ -94,33 +94,26 @@ class PoftMethod(Method):
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
         data = self.config.data
-        if data.train == "synthetic":
-            syn = data.synthetic
-            train_pairs, eval_pairs = make_synthetic(syn.n_train, syn.n_test, seed=syn.seed, families=syn.families)
-            train, evaluation = ([SFTExample(prompt=p.prompt, response=p.chosen, system=p.system, metadata=p.metadata)
-                                  for p in pairs] for pairs in (train_pairs, eval_pairs))
-        else:
-            def read(source: str) -> list[SFTExample]:
-                return load_sft_examples(source, column_map=data.column_map, on_invalid=data.on_invalid,
-                                         rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
 
-            train, evaluation = read(data.train), read(data.eval) if data.eval else None
-        train, evaluation = split_and_cap(train, evaluation, data.eval_fraction, self.config.seed,
-                                          data.max_train_examples, data.max_eval_examples)
+        def from_synthetic(pairs: list) -> list[SFTExample]:
+            return [SFTExample(prompt=p.prompt, response=p.chosen, system=p.system, metadata=p.metadata)
+                    for p in pairs]
+
+        def read(source: str) -> list[SFTExample]:
+            return load_sft_examples(source, column_map=data.column_map, on_invalid=data.on_invalid,
+                                     rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+
+        train, evaluation = read_splits(self.config, from_synthetic, read)
         scores = score_with_aligned_models(train + evaluation, self.aligned_models, self.config, log)
         encoder = PromptEncoder(tokenizer, data.use_chat_template)
-        encoded = []
-        for split, offset in ((train, 0), (evaluation, len(train))):
-            stats = TruncationStats()
-            items = []
-            for i, ex in enumerate(split):
-                e = encode_example(encoder, ex.prompt, ex.response, ex.system, data.max_length, data.max_prompt_length)
-                items.append(EncodedSFT(e.prompt, e.response, float(scores[offset + i]), e.prompt_truncated,
-                                        e.response_truncated))
-                stats.add(items[-1])
-            if stats.prompt_truncated or stats.response_truncated:
-                log(f"truncation to max_length={data.max_length}: {stats.summary()}")
-            encoded.append(items)
+
+        def encode(indexed: tuple[int, SFTExample]) -> EncodedSFT:
+            i, ex = indexed  # i indexes train + evaluation, as the scores do
+            e = encode_example(encoder, ex.prompt, ex.response, ex.system, data.max_length, data.max_prompt_length)
+            return EncodedSFT(e.prompt, e.response, float(scores[i]), e.prompt_truncated, e.response_truncated)
+
+        indexed = list(enumerate(train + evaluation))
+        encoded = encode_splits((indexed[:len(train)], indexed[len(train):]), encode, data.max_length, log)
         log(f"data: {len(train)} train and {len(evaluation)} eval SFT examples; mean aligned-model score "
             f"{scores[:len(train)].mean().item():.3f} nats/token")
         return encoded[0], encoded[1]
