@@ -18,7 +18,7 @@ from rich.table import Table
 
 from alignkit.data.synthetic import family_of, make_synthetic, verify
 from alignkit.data.tokenize import PromptEncoder
-from alignkit.eval.generation import generate
+from alignkit.engine.generation import generate
 from alignkit.models import load_model
 from alignkit.train.config import TrainConfig, load_config
 from alignkit.train.loop import train

@@ -56,9 +56,10 @@ def main() -> None:
 
     from alignkit.data import load_records
     from alignkit.data.tokenize import PromptEncoder, encode_pair
+    from alignkit.engine.exactness import layout_support
+    from alignkit.engine.layouts import build_groups
+    from alignkit.engine.logprobs import sequence_logps
     from alignkit.models import load_model
-    from alignkit.train.logprobs import sequence_logps
-    from alignkit.train.packing import build_groups, layout_support
 
     model, tokenizer = load_model(dtype="float32", device="cpu", log=lambda m: None)
     model.eval()

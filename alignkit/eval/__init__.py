@@ -17,7 +17,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ranking_accuracy", "reward_margins", "win_rate",
     ),
     "alignkit.eval.judge": ("JUDGE_INSTRUCTION", "Judge", "LMJudge", "compare", "judge_pair"),
-    "alignkit.eval.generation": ("generate",),
+    "alignkit.engine.generation": ("generate",),
     "alignkit.eval.run": (
         "EvalResult", "RewardModel", "evaluate_generations", "evaluate_preferences", "load_reward_model",
         "prompt_text", "synthetic_verifier", "write_result",
@@ -36,7 +36,7 @@ __all__ = [
 assert sorted(__all__) == sorted(_MODULE_OF)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from alignkit.eval.generation import generate
+    from alignkit.engine.generation import generate
     from alignkit.eval.judge import JUDGE_INSTRUCTION, Judge, LMJudge, compare, judge_pair
     from alignkit.eval.metrics import (
         Estimate,

@@ -43,10 +43,11 @@ from torch import nn
 
 from alignkit.data.records import PreferencePair, Text
 from alignkit.data.tokenize import EncodedPair, PromptEncoder, TruncationStats, encode_pair, prompt_messages
+from alignkit.engine.generation import generate
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.eval import metrics
-from alignkit.eval.generation import generate
 from alignkit.eval.judge import Judge, judge_pair
-from alignkit.train.logprobs import collate, sequence_logps
 
 __all__ = [
     "ALPHA_KEY",
@@ -245,7 +246,7 @@ def score_pairs(
             idx = order[start:start + batch_size]
             k = len(idx)
             if shared:
-                from alignkit.train.packing import build_groups
+                from alignkit.engine.layouts import build_groups
 
                 groups = [(encoded[i].prompt, [encoded[i].chosen, encoded[i].rejected]) for i in idx]
                 result = sequence_logps(model, build_groups(groups, pad_id, pack=True).to(device),
@@ -273,7 +274,7 @@ def _shared_prefix_ok(model: nn.Module, pad_id: int) -> bool:
     unexpected (layout not available in this build, a model that ignores 4-D masks) means padded rows.
     """
     try:
-        from alignkit.train.packing import layout_support
+        from alignkit.engine.exactness import layout_support
 
         return layout_support(model, pad_id) is None
     except Exception:  # noqa: BLE001 - the padded layout is always correct, so fall back quietly

@@ -2,7 +2,7 @@
 
 Objectives are pure functions: tensors of per-sequence log-probabilities in, a per-example loss and a
 dict of scalar metrics out. They never see models, batches or loops. The training loop computes the
-log-probs (``alignkit.train.logprobs``), picks the inputs an objective asks for, and sums weighted losses.
+log-probs (``alignkit.engine.logprobs``), picks the inputs an objective asks for, and sums weighted losses.
 
 Every log-prob here is a **sum over response tokens** (prompt masked); ``*_tokens`` holds the number of
 response tokens so objectives that need per-token averages (IPO, SimPO, ORPO, SFT) divide themselves.

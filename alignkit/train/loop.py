@@ -21,7 +21,10 @@ from accelerate.utils import set_seed
 from torch import nn
 from transformers import get_scheduler
 
+from alignkit.engine.exactness import layout_support
 from alignkit.models import load_model
+from alignkit.progress import TrainProgress
+from alignkit.train.batching import micro_batches
 from alignkit.train.checkpoint import (
     CheckpointError,
     TrainerState,
@@ -31,8 +34,6 @@ from alignkit.train.checkpoint import (
 )
 from alignkit.train.config import TrainConfig, dump_config
 from alignkit.train.methods import BatchContext, Method, build_method
-from alignkit.train.packing import layout_support, micro_batches
-from alignkit.train.progress import TrainProgress
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
 
 

@@ -1,7 +1,7 @@
 """Reference policies: a frozen copy, the policy with its LoRA adapter disabled, or cached log-probs.
 
 Each gives the same thing, reference log-probs for a batch, so objectives never know which one is used.
-Live references take the policy's own batch, padded or shared-prefix/packed (``alignkit.train.packing``).
+Live references take the policy's own batch, padded or shared-prefix/packed (``alignkit.engine.layouts``).
 Precomputed log-probs are cached on disk keyed by a hash of the reference weights, the tokenizer, the
 exact token ids of the data (which already encode template and truncation) and the engine settings, so a
 later run on the same data and model reuses them.
@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from alignkit.engine.layouts import Group, PackedBatch, SequenceBatch, build_groups
+from alignkit.engine.logprobs import SequenceLogps, sequence_logps
 from alignkit.models.builtin import cache_root
-from alignkit.train.logprobs import SequenceBatch, SequenceLogps, sequence_logps
-from alignkit.train.packing import Group, PackedBatch, build_groups
 
 Rows = Sequence[tuple[list[int], list[int]]]
 
@@ -117,7 +117,7 @@ class PrecomputedReference:
         log: Callable[[str], None] = print,
         progress: Callable | None = None,
     ) -> PrecomputedReference:
-        from alignkit.train.logprobs import collate
+        from alignkit.engine.layouts import collate
 
         settings = {"score_prompt": score_prompt, "autocast": str(autocast_dtype), "v": 1,
                     "layout": "shared_prefix" if shared_prefix else "padded"}

@@ -10,6 +10,8 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from alignkit.data import load_records, make_synthetic
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.eval import metrics
 from alignkit.eval.judge import compare
 from alignkit.eval.run import (
@@ -24,7 +26,6 @@ from alignkit.eval.run import (
     write_result,
 )
 from alignkit.models import tiny_llama
-from alignkit.train.logprobs import collate, sequence_logps
 from tests.conftest import require_hh_rlhf
 
 BETA = 0.1

@@ -44,7 +44,7 @@ def test_conversion_clears_quantization_markers_and_saves(tmp_path, monkeypatch)
 
 
 def test_builtin_answers_capital_of_france():
-    from alignkit.eval.generation import generate
+    from alignkit.engine.generation import generate
 
     model, tokenizer = load_model(DEFAULT_MODEL, device="cpu", log=lambda m: None)
     (reply,) = generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=24)

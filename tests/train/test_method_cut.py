@@ -12,10 +12,11 @@ from alignkit.data import DataError, Judgment, load_records
 from alignkit.data.synthetic import make_synthetic, verify
 from alignkit.data.synthetic_extra import judgment_for, make_judgments
 from alignkit.data.tokenize import PromptEncoder
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.models import tiny_llama
 from alignkit.objectives.cut import cut_flags, cut_loss
 from alignkit.train.config import load_config
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.loop import train
 from alignkit.train.methods import BatchContext, build_method
 from alignkit.train.methods.cut import JUDGMENT_TEMPLATE, CutMethod, encode_judgment, is_negative, with_judgment

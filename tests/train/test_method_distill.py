@@ -11,16 +11,16 @@ import json
 import pytest
 import torch
 
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import response_logits, sequence_logps
 from alignkit.models import tiny_llama
 from alignkit.train.config import load_config
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.loop import train
 from alignkit.train.methods import build_method
 from alignkit.train.methods.distill import (
     load_teacher_topk,
     main,
     precompute_teacher_topk,
-    response_logits,
     teacher_topk,
 )
 

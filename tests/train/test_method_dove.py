@@ -11,9 +11,10 @@ from alignkit.data import DataError
 from alignkit.data.synthetic import make_synthetic, verify
 from alignkit.data.synthetic_extra import JointPair, load_joint_pairs, make_joint_pairs
 from alignkit.data.tokenize import PromptEncoder
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.models import tiny_llama
 from alignkit.train.config import load_config
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.loop import train
 from alignkit.train.methods import BatchContext, build_method
 from alignkit.train.methods.dove import DoveMethod, encode_joint_pair

@@ -10,10 +10,10 @@ import torch
 from alignkit.data import DataError
 from alignkit.data.synthetic import make_synthetic, write_jsonl
 from alignkit.data.synthetic_extra import load_vector_pairs, make_vector_pairs, parse_preferences
+from alignkit.engine.layouts import collate
 from alignkit.models import tiny_llama
 from alignkit.objectives.mah_dpo import MultiHeadLM
 from alignkit.train.config import load_config
-from alignkit.train.logprobs import collate
 from alignkit.train.loop import train
 from alignkit.train.methods import build_method
 from alignkit.train.methods.mah_dpo import HEADS_FILE, head_logps, head_weights, load_multihead

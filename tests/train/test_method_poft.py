@@ -10,9 +10,10 @@ import torch
 from alignkit.data import DataError
 from alignkit.data.synthetic_extra import load_sft_examples
 from alignkit.data.tokenize import PromptEncoder, encode_example
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.models import tiny_llama
 from alignkit.train.config import load_config
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.loop import train
 from alignkit.train.methods import build_method
 

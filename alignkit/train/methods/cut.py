@@ -23,10 +23,11 @@ from alignkit.data.readers import load_records
 from alignkit.data.records import Judgment, Message, Text
 from alignkit.data.synthetic_extra import make_judgments
 from alignkit.data.tokenize import PromptEncoder, truncate
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.objectives.cut import cut_loss
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 
 # The Align-N context: the reference code's template asks for "a response that ... should match the

@@ -32,7 +32,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import response_logits
 from alignkit.objectives.distill import adpa_loss, dckd_loss, merge_teacher_topk
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import load_run_data
-from alignkit.train.logprobs import collate, hidden_state_head
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.methods.online import Options, float_metrics, sample_responses, unwrap_model
 from alignkit.train.reference import rows_fingerprint
@@ -53,43 +53,6 @@ from alignkit.train.reference import rows_fingerprint
 TOPK_FORMAT = 1
 
 # ------------------------------------------------------------------------------------------ logits
-
-
-@dataclass
-class ResponseLogits:
-    logits: Tensor  # [N, T, V]: position t is the distribution that predicted response token t
-    labels: Tensor  # [N, T] response tokens (0 at padding)
-    mask: Tensor  # [N, T] bool
-    num_tokens: int
-
-
-def response_logits(model: nn.Module, rows: Rows, pad_id: int, autocast_dtype: torch.dtype | None = None,
-                    device: torch.device | None = None) -> ResponseLogits:
-    """Full-vocabulary logits at the response positions only, response-aligned and right-padded.
-
-    The vocabulary projection runs on the gathered response positions, never on the prompt's."""
-    batch = collate(rows, pad_id)
-    device = device or next(model.parameters()).device
-    batch = batch.to(device)
-    lengths = torch.tensor([len(r) for _, r in rows], device=device)
-    starts = torch.tensor([len(p) for p, _ in rows], device=device) - 1  # the position predicting token 0
-    width = int(lengths.max())
-    steps = torch.arange(width, device=device)
-    mask = steps[None, :] < lengths[:, None]
-    source = (starts[:, None] + steps[None, :]).clamp(max=batch.input_ids.shape[1] - 1)
-    labels = torch.where(mask, batch.input_ids.gather(1, (source + 1).clamp(max=batch.input_ids.shape[1] - 1)), 0)
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    path = hidden_state_head(model)
-    with autocast:
-        if path is None:
-            full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            logits = full.gather(1, source[..., None].expand(-1, -1, full.shape[-1]))
-        else:
-            decoder, head = path
-            hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             use_cache=False).last_hidden_state
-            logits = head(hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1])))
-    return ResponseLogits(logits.float(), labels, mask, batch.num_tokens)
 
 
 # ------------------------------------------------------------------------------------------ teacher top-k
@@ -653,4 +616,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = ["ADPAMethod", "DCKDMethod", "TeacherTopK", "cached_teacher_topk", "load_teacher_topk", "precompute",
-           "precompute_teacher_topk", "response_logits", "teacher_signature", "teacher_topk"]
+           "precompute_teacher_topk", "teacher_signature", "teacher_topk"]

@@ -24,10 +24,11 @@ import torch
 
 from alignkit.data.synthetic_extra import JointPair, load_joint_pairs, make_joint_pairs
 from alignkit.data.tokenize import PromptEncoder, encode_example, encode_pair
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.objectives import PairLogps, get_objective
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.methods.preference import combine_objectives
 

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.objectives.grao import grao_loss
 from alignkit.rewards import build_source
 from alignkit.train.config import TrainConfig
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.methods.online import (
     Options,

@@ -37,10 +37,11 @@ from torch import Tensor, nn
 from alignkit.data.records import PreferencePair
 from alignkit.data.synthetic_extra import SYNTHETIC_OBJECTIVES, load_vector_pairs, make_vector_pairs
 from alignkit.data.tokenize import PromptEncoder, encode_pair
+from alignkit.engine.layouts import SequenceBatch, collate
+from alignkit.engine.logprobs import hidden_state_head
 from alignkit.objectives.mah_dpo import MultiHeadLM, mah_dpo_loss
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.logprobs import SequenceBatch, collate, hidden_state_head
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.reference import AdapterDisabledReference
 

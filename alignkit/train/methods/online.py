@@ -2,7 +2,7 @@
 
 Per micro-batch of prompts: draw two responses per prompt (no gradient) from the current policy (online
 IPO, online DPO) or from the token-level geometric mixture π_θ^{1−β}·π_ref^β (IPO-MD), with
-:func:`alignkit.objectives.online.sample_pairs` (batched, one KV cache per model); label them with a
+:func:`alignkit.engine.generation.sample_ids` (batched, one KV cache per model); label them with a
 preference source (a verifier, a reward model through Bradley-Terry, or an LM judge asked in both orders,
 see ``alignkit.rewards``); then one forward pass over both samples gives the policy log-probs for the loss:
 
@@ -18,7 +18,6 @@ the samples, so they cannot be precomputed. This module also holds what the gene
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -30,12 +29,14 @@ from torch import Tensor, nn
 
 from alignkit.data.records import Text
 from alignkit.data.tokenize import to_messages
+from alignkit.engine.generation import SamplingParams, sample_ids
+from alignkit.engine.layouts import SequenceBatch, collate
+from alignkit.engine.logprobs import SequenceLogps, sequence_logps
 from alignkit.objectives import PairLogps, get_objective
-from alignkit.objectives.online import online_ipo_loss, sample_pairs
+from alignkit.objectives.online import online_ipo_loss
 from alignkit.rewards import PreferenceSource, build_source
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import load_run_data
-from alignkit.train.logprobs import SequenceBatch, SequenceLogps, collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.reference import AdapterDisabledReference
 
@@ -186,21 +187,14 @@ def sample_responses(
     device: torch.device,
 ) -> list[list[list[int]]]:
     """``n`` responses per prompt from the β-mixture of policy and reference (β = 0: the policy alone), as
-    token ids cut after the first eos. One batched :func:`sample_pairs` call draws them all."""
-    copies = math.ceil(n / 2)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts) * copies, width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(p for p in prompts for _ in range(copies)):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
-    out = sample_pairs(policy, reference if reference is not None else policy, ids.to(device), mask.to(device),
-                       beta=beta, max_new_tokens=max_new_tokens, temperature=temperature, generator=generator,
-                       eos_token_id=eos_id, pad_token_id=pad_id)
-    tokens, alive = out.completions.cpu(), out.completion_mask.cpu().bool()
-    flat = [tokens[r, j][alive[r, j]].tolist() for r in range(tokens.shape[0]) for j in range(2)]
-    per = 2 * copies
-    return [flat[i * per:i * per + n] for i in range(len(prompts))]
+    token ids cut after the first eos: one batched engine call, each prompt prefilled once.
+    ``temperature`` 0 is greedy."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                            temperature=temperature if temperature > 0 else 1.0)
+    out = sample_ids(policy, prompts, params, n, eos_token_id=eos_id, pad_token_id=pad_id,
+                     batch_size=max(len(prompts), 1), reference=reference if beta > 0 else None,
+                     mixture_beta=beta, generator=generator)
+    return out.responses
 
 
 def decode(tokenizer, ids: list[int]) -> str:

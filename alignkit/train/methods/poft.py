@@ -19,12 +19,13 @@ import torch
 
 from alignkit.data.synthetic_extra import SFTExample, load_sft_examples
 from alignkit.data.tokenize import PromptEncoder, encode_example
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.models import load_model
 from alignkit.models.builtin import cache_root
 from alignkit.objectives.poft import aligned_model_scores, poft_loss
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
 from alignkit.train.reference import PrecomputedReference
 

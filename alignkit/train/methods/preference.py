@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from alignkit.engine.exactness import layout_support
+from alignkit.engine.layouts import Group, PackedBatch, SequenceBatch, attention_implementation, build_groups, collate
+from alignkit.engine.logprobs import SequenceLogps, sequence_logps
 from alignkit.objectives import PairLogps, UnpairedLogps, get_objective
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import load_run_data
-from alignkit.train.logprobs import SequenceBatch, SequenceLogps, collate, sequence_logps
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput
-from alignkit.train.packing import Group, PackedBatch, attention_implementation, build_groups, layout_support
 
 JOINT_OBJECTIVES = {"dove"}  # score prompt + response tokens: the joint log-prob of instruction and response
 

@@ -1,4 +1,4 @@
-"""Shared-prefix and packed batch layouts for the log-prob engine, and token-budget micro-batches.
+"""Batch layouts for the log-prob engine: padded rows (``collate``), shared-prefix and packed rows.
 
 A *group* is one prompt with N responses (a preference pair is N=2, KTO's row with its KL partner is
 N=2, best-of-N scoring is N). The shared-prefix layout writes a group once as [prompt | r1 | ... | rN]:
@@ -11,22 +11,55 @@ The mask is handed to the model as-is: transformers' ``create_causal_mask`` retu
 (``masking_utils._preprocess_mask_arguments``). ``sdpa`` takes a boolean mask (True = attend); ``eager``
 *adds* the mask to the attention scores, so it needs an additive float mask (0 / dtype min). Other
 attention back-ends (flash attention, flex, paged) drop or reinterpret a dense mask, and sliding-window
-layers would silently lose their window, so those models fall back to padded rows; ``layout_support``
-decides, with a numerical probe on a few tokens as the final word.
+layers would silently lose their window, so those models fall back to padded rows;
+``alignkit.engine.exactness.layout_support`` decides, with a numerical probe on a few tokens as the final word.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 Group = tuple[list[int], list[list[int]]]  # prompt ids, response ids
+Rows = list[tuple[list[int], list[int]]]  # (prompt ids, response ids) per row
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class SequenceBatch:
+    """Right-padded rows. ``target_mask[i, t]`` marks positions whose token is scored (response tokens)."""
+
+    input_ids: Tensor  # [N, T]
+    attention_mask: Tensor  # [N, T]
+    target_mask: Tensor  # [N, T] bool
+
+    def to(self, device: torch.device) -> SequenceBatch:
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                             self.target_mask.to(device))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, score_prompt: bool = False
+            ) -> SequenceBatch:
+    """Pad (prompt, response) rows into a batch. ``score_prompt`` also scores prompt tokens (DOVE's joint
+    log-prob); the very first token is never scored since nothing predicts it."""
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        ids[i, :n] = torch.tensor(prompt + response, dtype=torch.long)
+        attention[i, :n] = 1
+        target[i, 1 if score_prompt else len(prompt):n] = True
+    return SequenceBatch(ids, attention, target)
 
 
 @dataclass
@@ -208,106 +241,3 @@ def probe_group(vocab_size: int) -> Group:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(vocab_size // 8, vocab_size // 2, (24,), generator=generator).tolist()
     return ids[:8], [ids[8:13], ids[13:17], ids[17:24]]
-
-
-@torch.no_grad()
-def probe_support(model: nn.Module, pad_id: int, rtol: float | None = None) -> str | None:
-    """Compare the shared-prefix and padded log-probs of a small group; None when they agree to float
-    noise (``rtol`` of the log-prob's size: fp32 reorderings move a sum of ~200 nats by ~1e-4). A mask
-    that is ignored or rebuilt, or ignored ``position_ids``, move them by far more (tenths to nats)."""
-    from alignkit.train.logprobs import collate, sequence_logps
-
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    rtol = rtol if rtol is not None else (1e-5 if dtype == torch.float32 else 1e-2)
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    vocab = getattr(embeddings, "num_embeddings", None) or 1024
-    group = probe_group(vocab)
-    prompt, responses = group
-    was_training = model.training
-    model.eval()
-    try:
-        padded = sequence_logps(model, collate([(prompt, r) for r in responses], pad_id).to(device)).logps
-        shared = sequence_logps(model, build_groups([group], pad_id).to(device)).logps
-    except Exception as error:  # noqa: BLE001 - any failure means "not supported", with the reason logged
-        return f"the model rejected a 4-D mask ({type(error).__name__}: {error})"
-    finally:
-        model.train(was_training)
-    gap = float((padded - shared).abs().max())
-    allowed = rtol * max(1.0, float(padded.abs().max()))
-    if not gap <= allowed:
-        return f"shared-prefix log-probs differ from padded ones by {gap:.3g} on a probe (> {allowed:.3g})"
-    return None
-
-
-def layout_support(model: nn.Module, pad_id: int) -> str | None:
-    """None when shared-prefix/packed layouts are exact for ``model``, else why not."""
-    return static_support(model) or probe_support(model, pad_id)
-
-
-# ---------------------------------------------------------------- token-budget micro-batches
-
-
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0, window: int = 256,
-                         shuffle: bool = True) -> list[list[int]]:
-    """Micro-batches of example indices whose lengths sum to at most ``max_tokens`` (an example longer
-    than the budget is a batch of its own). Length grouping: examples are shuffled, then sorted by length
-    within windows of ``window`` examples so a batch holds similar lengths (little padding, tight packing)
-    while the epoch stays random; the batches themselves are shuffled again."""
-    if max_tokens <= 0:
-        raise ValueError("max_tokens_per_batch must be positive")
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    if shuffle:
-        rng.shuffle(order)
-    batches: list[list[int]] = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
-        current: list[int] = []
-        used = 0
-        for index in chunk:
-            if current and used + lengths[index] > max_tokens:
-                batches.append(current)
-                current, used = [], 0
-            current.append(index)
-            used += lengths[index]
-        if current:
-            batches.append(current)
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
-
-
-def token_budget_order(lengths: Sequence[int], max_tokens: int, seed: int, start: int = 0
-                       ) -> Iterator[list[int]]:
-    """Endless epochs of ``token_budget_batches``, reshuffled per epoch from ``seed``; ``start`` skips the
-    micro-batches already consumed, so a resumed run sees the batches an uninterrupted one would."""
-    if not lengths:
-        raise ValueError("no training examples to batch")
-    epoch, position = 0, 0
-    while True:
-        batches = token_budget_batches(lengths, max_tokens, seed=seed * 100_003 + epoch)
-        for batch in batches:
-            if position >= start:
-                yield batch
-            position += 1
-        epoch += 1
-
-
-def example_tokens(item, shared_prefix: bool) -> int:
-    """Tokens an encoded pair (or single example) costs in a batch under the given layout."""
-    if hasattr(item, "chosen"):
-        prompt = len(item.prompt) * (1 if shared_prefix else 2)
-        return prompt + len(item.chosen) + len(item.rejected)
-    return len(item.prompt) + len(item.response)
-
-
-def micro_batches(config, items: list, start: int = 0) -> Iterator[list[int]]:
-    """The loop's micro-batch order: fixed ``batch_size`` batches, or token-budget batches when
-    ``max_tokens_per_batch`` is set."""
-    from alignkit.train.data import batch_order
-
-    if not getattr(config, "max_tokens_per_batch", None):
-        return batch_order(len(items), config.batch_size, config.seed, start=start)
-    lengths = [example_tokens(item, config.layout == "shared_prefix") for item in items]
-    return token_budget_order(lengths, config.max_tokens_per_batch, config.seed, start=start)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from alignkit.train.logprobs import collate, sequence_logps
+from alignkit.engine.layouts import collate
+from alignkit.engine.logprobs import sequence_logps
 
 ROWS = [([1, 5, 6, 7], [8, 9, 2]), ([1, 5], [10, 11, 12, 13, 2]), ([1, 30, 31, 32, 33, 34], [2])]
 

@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from alignkit.engine.exactness import layout_support, probe_support
+from alignkit.engine.layouts import build_groups, collate, static_support
+from alignkit.engine.logprobs import sequence_logps
 from alignkit.models import tiny_llama
+from alignkit.train.batching import micro_batches, token_budget_batches, token_budget_order
 from alignkit.train.config import load_config
-from alignkit.train.logprobs import collate, sequence_logps
 from alignkit.train.methods import BatchContext, PreferenceMethod
-from alignkit.train.packing import (
-    build_groups,
-    layout_support,
-    micro_batches,
-    probe_support,
-    static_support,
-    token_budget_batches,
-    token_budget_order,
-)
 from alignkit.train.reference import FrozenCopyReference
 
 # prompts and responses of different lengths; N = 3, 2, 2, 1 responses (one of them a single token)

@@ -6,7 +6,7 @@ metric). The vocabulary projection is applied only at response positions, in chu
 ``logsumexp`` + ``gather``; the full [batch, time, vocab] logits tensor is never built.
 
 Rows come padded (``collate``: one (prompt, response) per row) or in the shared-prefix / packed layouts
-of ``alignkit.train.packing`` (one prompt with several responses per row, several groups per row), which
+of ``alignkit.engine.layouts`` (one prompt with several responses per row, several groups per row), which
 give the same log-probs with fewer tokens.
 """
 
@@ -19,40 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from alignkit.train.packing import PackedBatch, attention_implementation
-
-
-@dataclass
-class SequenceBatch:
-    """Right-padded rows. ``target_mask[i, t]`` marks positions whose token is scored (response tokens)."""
-
-    input_ids: Tensor  # [N, T]
-    attention_mask: Tensor  # [N, T]
-    target_mask: Tensor  # [N, T] bool
-
-    def to(self, device: torch.device) -> SequenceBatch:
-        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                             self.target_mask.to(device))
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-
-def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, score_prompt: bool = False
-            ) -> SequenceBatch:
-    """Pad (prompt, response) rows into a batch. ``score_prompt`` also scores prompt tokens (DOVE's joint
-    log-prob); the very first token is never scored since nothing predicts it."""
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    target = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (prompt, response) in enumerate(rows):
-        n = len(prompt) + len(response)
-        ids[i, :n] = torch.tensor(prompt + response, dtype=torch.long)
-        attention[i, :n] = 1
-        target[i, 1 if score_prompt else len(prompt):n] = True
-    return SequenceBatch(ids, attention, target)
+from alignkit.engine.layouts import PackedBatch, SequenceBatch, attention_implementation, collate
 
 
 @dataclass
@@ -99,7 +66,7 @@ def sequence_logps(
     logsumexp is always done in float32. ``attention_mask``/``position_ids`` override the padded batch's
     own (used by packed and shared-prefix layouts, whose masks are 4-D).
 
-    A :class:`~alignkit.train.packing.PackedBatch` (shared-prefix or packed rows) gives one result per
+    A :class:`~alignkit.engine.layouts.PackedBatch` (shared-prefix or packed rows) gives one result per
     *sequence* (response) rather than per row, with its 4-D mask built in the convention of the model's
     attention implementation; ``return_token_logps`` is not available for it.
     """
@@ -179,3 +146,41 @@ def _score(model: nn.Module, input_ids: Tensor, mask: Tensor, position_ids: Tens
     flat_lp = torch.cat(token_lp_chunks) if token_lp_chunks else selected.new_zeros(0, dtype=torch.float32)
     flat_logit = torch.cat(logit_mean_chunks) if logit_mean_chunks else flat_lp.detach()
     return flat_lp, flat_logit
+
+
+@dataclass
+class ResponseLogits:
+    logits: Tensor  # [N, T, V]: position t is the distribution that predicted response token t
+    labels: Tensor  # [N, T] response tokens (0 at padding)
+    mask: Tensor  # [N, T] bool
+    num_tokens: int
+
+
+def response_logits(model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                    autocast_dtype: torch.dtype | None = None,
+                    device: torch.device | None = None) -> ResponseLogits:
+    """Full-vocabulary logits at the response positions only, response-aligned and right-padded.
+
+    The vocabulary projection runs on the gathered response positions, never on the prompt's."""
+    batch = collate(rows, pad_id)
+    device = device or next(model.parameters()).device
+    batch = batch.to(device)
+    lengths = torch.tensor([len(r) for _, r in rows], device=device)
+    starts = torch.tensor([len(p) for p, _ in rows], device=device) - 1  # the position predicting token 0
+    width = int(lengths.max())
+    steps = torch.arange(width, device=device)
+    mask = steps[None, :] < lengths[:, None]
+    source = (starts[:, None] + steps[None, :]).clamp(max=batch.input_ids.shape[1] - 1)
+    labels = torch.where(mask, batch.input_ids.gather(1, (source + 1).clamp(max=batch.input_ids.shape[1] - 1)), 0)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    path = hidden_state_head(model)
+    with autocast:
+        if path is None:
+            full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = full.gather(1, source[..., None].expand(-1, -1, full.shape[-1]))
+        else:
+            decoder, head = path
+            hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             use_cache=False).last_hidden_state
+            logits = head(hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1])))
+    return ResponseLogits(logits.float(), labels, mask, batch.num_tokens)
