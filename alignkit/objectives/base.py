@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from alignkit.objectives.params import Params, UncheckedParams, register_params
+
 
 @dataclass
 class PairLogps:
@@ -62,16 +64,21 @@ class ObjectiveSpec:
     inputs: InputKind
     needs_reference: bool
     stateful: bool = False  # receives ``state=`` (a dict the loop owns and checkpoints), e.g. BCO's δ
+    params: type[Params] = UncheckedParams  # typed parameters, validated when the config loads
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {}
 
 
-def register(name: str, inputs: InputKind = "pair", needs_reference: bool = True, stateful: bool = False):
+def register(name: str, inputs: InputKind = "pair", needs_reference: bool = True, stateful: bool = False,
+             params: type[Params] = UncheckedParams):
+    """Register an objective under ``name`` with its parameter model (keyword arguments of ``fn``)."""
+
     def wrap(fn: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
         if name in OBJECTIVES:
             raise ValueError(f"objective {name!r} registered twice")
-        OBJECTIVES[name] = ObjectiveSpec(name, fn, inputs, needs_reference, stateful)
+        OBJECTIVES[name] = ObjectiveSpec(name, fn, inputs, needs_reference, stateful, params)
+        register_params(name, params)
         return fn
 
     return wrap

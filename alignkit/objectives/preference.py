@@ -13,9 +13,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from alignkit.objectives.base import ObjectiveOutput, PairLogps, mean, register, require_reference
+from alignkit.objectives.params import Params
 
 # ORPO needs log(1 - p) of the mean token probability; at p == 1 that is -inf and torch.where in log1mexp
 # turns the unused branch's infinite gradient into NaN. Capping the mean log-prob just below 0 keeps
@@ -92,7 +94,12 @@ def _conservative_sigmoid(z: Tensor, label_smoothing: float) -> Tensor:
 # ------------------------------------------------------------------------------------------- objectives
 
 
-@register("dpo")
+class DPOParams(Params):
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (paper and TRL: 0.1)")
+    label_smoothing: float = Field(0.0, ge=0, le=0.5, description="cDPO: assumed label-flip rate ε (0 = DPO)")
+
+
+@register("dpo", params=DPOParams)
 def dpo(logps: PairLogps, *, beta: float = 0.1, label_smoothing: float = 0.0) -> ObjectiveOutput:
     """DPO (Rafailov et al., NeurIPS 2023), with the conservative cDPO variant via label smoothing.
 

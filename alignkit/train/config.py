@@ -55,15 +55,23 @@ class DataConfig(_Strict):
 
 
 class ObjectiveConfig(BaseModel):
-    """``name`` and ``weight``; every other key is passed to the objective function as a keyword."""
+    """``name`` and ``weight``; every other key is a parameter of the objective (or method), declared by its
+    typed :class:`~alignkit.objectives.params.Params` model and checked when the config loads."""
 
     model_config = ConfigDict(extra="allow")
     name: str
     weight: float = 1.0
 
     @property
-    def params(self) -> dict[str, Any]:
+    def raw_params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Validated keyword arguments, defaults filled in (a fresh dict each call)."""
+        from alignkit.objectives.params import params_dict
+
+        return params_dict(self.name, self.raw_params)
 
 
 class OptimConfig(_Strict):
@@ -114,6 +122,15 @@ class TrainConfig(_Strict):
         if not value:
             raise ValueError("objectives: give at least one, e.g. [{name: dpo, beta: 0.1}]")
         return value
+
+    def check_objectives(self) -> None:
+        """Every objective known and its parameters valid (:class:`ParamsError`, one line), before any data or
+        model loads. Imports the registries (and so torch), hence not a pydantic validator."""
+        import alignkit.train.methods  # noqa: F401 - registers every objective and method
+        from alignkit.objectives.params import validate_params
+
+        for i, objective in enumerate(self.objectives):
+            validate_params(objective.name, objective.raw_params, where=f"objectives.{i}")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -168,7 +185,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _deep_merge(tree, from_file)
     if overrides:
         tree = apply_overrides(tree, overrides)
-    return TrainConfig.model_validate(tree)
+    config = TrainConfig.model_validate(tree)
+    config.check_objectives()
+    return config
 
 
 def dump_config(config: TrainConfig) -> str:

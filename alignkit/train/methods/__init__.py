@@ -1,15 +1,15 @@
 """Training methods: data handling and loss per algorithm (see ``base``)."""
 
-import alignkit.train.methods.cut  # noqa: F401  (registers "cut")
-import alignkit.train.methods.distill  # noqa: F401  (registers "dckd", "adpa")
-import alignkit.train.methods.dove  # noqa: F401  (registers "dove")
-import alignkit.train.methods.grao  # noqa: F401  (registers "grao")
-import alignkit.train.methods.mah_dpo  # noqa: F401  (registers "mah_dpo")
-import alignkit.train.methods.online  # noqa: F401  (registers "online_ipo", "ipo_md", "online_dpo")
-import alignkit.train.methods.poft  # noqa: F401  (registers "poft")
+import importlib
+import pkgutil
+
 from alignkit.train.config import TrainConfig
 from alignkit.train.methods.base import METHODS, BatchContext, Method, StepOutput, register_method
 from alignkit.train.methods.preference import PreferenceMethod
+
+# Importing every module of this package registers its methods: a new method is a new file, no list to edit.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def build_method(config: TrainConfig) -> Method:

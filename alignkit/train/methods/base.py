@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from alignkit.objectives.params import Params, UncheckedParams, register_params
 from alignkit.train.config import TrainConfig
 
 Rows = list[tuple[list[int], list[int]]]
@@ -101,10 +102,14 @@ class Method(ABC):
 METHODS: dict[str, type[Method]] = {}
 
 
-def register_method(*objective_names: str):
+def register_method(*objective_names: str, params: type[Params] | dict[str, type[Params]] = UncheckedParams):
+    """Register a method class for ``objective_names``, with its typed parameters (one model for all names,
+    or one per name)."""
+
     def wrap(cls: type[Method]) -> type[Method]:
         for name in objective_names:
             METHODS[name] = cls
+            register_params(name, params[name] if isinstance(params, dict) else params)
         return cls
 
     return wrap
