@@ -22,8 +22,9 @@ def test_overrides_reach_nested_fields_and_lists(tmp_path):
     config = load_config(tmp_path / "c.yaml", ["max_steps=3", "objectives.0.beta=0.25",
                                                "objectives.1={name: sft, weight: 0.5}", "optim.learning_rate=1e-4"])
     assert config.max_steps == 3 and config.optim.learning_rate == 1e-4
-    assert [(o.name, o.weight, o.params) for o in config.objectives] == [("dpo", 1.0, {"beta": 0.25}),
-                                                                          ("sft", 0.5, {})]
+    assert [(o.name, o.weight, o.raw_params) for o in config.objectives] == [("dpo", 1.0, {"beta": 0.25}),
+                                                                              ("sft", 0.5, {})]
+    assert config.objectives[0].params == {"beta": 0.25, "label_smoothing": 0.0}  # defaults filled in
     assert load_config(None, []).model_dump() == load_config(None, None).model_dump()
     reloaded = tmp_path / "resolved.yaml"
     reloaded.write_text(dump_config(config))
