@@ -8,21 +8,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from alignkit.configs import StrictModel, apply_overrides, deep_merge, read_yaml_mapping
 from alignkit.models.builtin import DEFAULT_MODEL
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     name: str = DEFAULT_MODEL  # builtin name, local directory, .gguf file or hub id
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # master weights; keep fp32 for training
     device: str = "auto"
     trust_remote_code: bool = False
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictModel):
     enabled: bool = True
     r: int = 16
     alpha: int = 32
@@ -32,14 +29,14 @@ class LoraConfig(_Strict):
     merge_on_save: bool = False  # save a merged full model instead of the adapter
 
 
-class SyntheticConfig(_Strict):
+class SyntheticConfig(StrictModel):
     n_train: int = 2000
     n_test: int = 200
     seed: int = 0
     families: list[str] | None = None
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     train: str = "synthetic"  # "synthetic" or a path / hub id readable by alignkit.data.load_records
     eval: str | None = None  # None: the synthetic test split, or `eval_fraction` of train
     kind: Literal["pair", "binary"] = "pair"
@@ -74,7 +71,7 @@ class ObjectiveConfig(BaseModel):
         return params_dict(self.name, self.raw_params)
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     learning_rate: float = 5e-5
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -83,7 +80,7 @@ class OptimConfig(_Strict):
     max_grad_norm: float | None = 1.0
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     output_dir: Path = Path("runs/latest")
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -133,56 +130,11 @@ class TrainConfig(_Strict):
             validate_params(objective.name, objective.raw_params, where=f"objectives.{i}")
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node: Any = tree
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
-        if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        if part not in node or node[part] is None:
-            node[part] = [] if nxt.isdigit() else {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        index = int(last)
-        if index == len(node):
-            node.append(value)
-        else:
-            node[index] = value
-    else:
-        node[last] = value
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=1``-style overrides; values are parsed as YAML (``x=0.1``, ``x=[a,b]``, ``x=true``)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return tree
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value  # lists (e.g. objectives) are replaced whole
-    return base
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides, validated as one TrainConfig."""
     tree: dict[str, Any] = TrainConfig().model_dump(mode="json")
     if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            from_file = yaml.safe_load(handle) or {}
-        if not isinstance(from_file, dict):
-            raise ValueError(f"{path}: the config must be a YAML mapping")
-        _deep_merge(tree, from_file)
+        deep_merge(tree, read_yaml_mapping(path))
     if overrides:
         tree = apply_overrides(tree, overrides)
     config = TrainConfig.model_validate(tree)
