@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,14 +23,66 @@ console = Console()
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+_DEBUG = False  # set per invocation by --debug
+
+
+def _debug() -> bool:
+    return _DEBUG or os.environ.get("ALIGNKIT_DEBUG", "") not in ("", "0")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the input is wrong", each reported as one line. Imported lazily: the CLI starts
+    without torch."""
+    import yaml
+
+    from alignkit.data.errors import DataError
+    from alignkit.models.builtin import ModelNotAvailableError
+
+    types: list[type[BaseException]] = [ValueError, DataError, ModelNotAvailableError, FileNotFoundError,
+                                        NotADirectoryError, IsADirectoryError, PermissionError, yaml.YAMLError]
+    for module, name in (("alignkit.train.checkpoint", "CheckpointError"), ("alignkit.report", "ReportError")):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):  # pragma: no cover - optional pieces
+            pass
+    return tuple(types)
+
+
+def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``command`` so that a user error prints ``error: ...`` on one line and exits 2; the traceback is
+    shown only with ``--debug`` (or ``ALIGNKIT_DEBUG=1``). Bugs (any other exception) still raise."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - filtered just below
+            if _debug() or not isinstance(error, _user_error_types()):
+                raise
+            message = " ".join(str(error).split("\n")[0].split()) or type(error).__name__
+            _fail(message)
+
+    return run
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False) -> None:
+    """alignkit: align language models with human preferences."""
+    global _DEBUG
+    _DEBUG = debug
 
 
 # ---------------------------------------------------------------- models
 
 
 @models_app.command("list")
+@guarded
 def models_list() -> None:
     """Builtin models (available offline once their wheel is installed)."""
     from alignkit.models.builtin import BUILTIN_MODELS, converted_dir, locate_gguf
@@ -45,6 +100,7 @@ def models_list() -> None:
 
 
 @models_app.command("info")
+@guarded
 def models_info(name: Annotated[str, typer.Argument(help="builtin name, directory or .gguf")]) -> None:
     """Architecture, size, chat template and special tokens of a model."""
     from alignkit.models import ModelNotAvailableError, load_model
@@ -71,6 +127,7 @@ def models_info(name: Annotated[str, typer.Argument(help="builtin name, director
 
 
 @models_app.command("convert")
+@guarded
 def models_convert(spec: str, out_dir: Path) -> None:
     """Save any loadable model (e.g. a .gguf file) as a float32 safetensors directory."""
     from alignkit.models import load_model
@@ -85,6 +142,7 @@ def models_convert(spec: str, out_dir: Path) -> None:
 
 
 @data_app.command("synth")
+@guarded
 def data_synth(
     out_dir: Annotated[Path, typer.Option("--out", help="directory for train.jsonl and test.jsonl")] = Path(
         "data/synthetic"),
@@ -119,6 +177,7 @@ def _histogram(values: list[int], bins: int = 8, width: int = 30) -> str:
 
 
 @data_app.command("inspect")
+@guarded
 def data_inspect(
     file: str,
     kind: str = "pair",
@@ -132,8 +191,13 @@ def data_inspect(
     from alignkit.models import load_tokenizer
 
     try:
+        mapping = json.loads(column_map) if column_map else None
+    except json.JSONDecodeError as err:
+        _fail(f"--column-map is not valid JSON ({err.msg} at character {err.pos}); "
+              'give e.g. \'{"chosen": "pos"}\'')
+    try:
         result = load_records(file, kind=kind, on_invalid="skip" if skip_invalid else "error",
-                              column_map=json.loads(column_map) if column_map else None, log=console.print)
+                              column_map=mapping, log=console.print)
     except DataError as err:
         _fail(f"{err}\n(use --skip-invalid to skip invalid rows and list them)")
     console.print(f"[bold]{file}[/]: {result.n_read} rows read, {len(result.records)} valid, "
@@ -157,28 +221,47 @@ def data_inspect(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@guarded
 def train(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("-c", "--config", help="YAML config")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier run in output_dir (deleted "
+                                            "once the new run has its first checkpoint)")] = False,
+    list_objectives: Annotated[bool, typer.Option("--list-objectives", help="print every objective and method "
+                                                  "with its parameters, then exit")] = False,
 ) -> None:
     """Train with a YAML config; extra ``key=value`` arguments override it (e.g. optim.learning_rate=1e-4)."""
+    if list_objectives:
+        _print_objectives()
+        return
     from alignkit.train.config import load_config
     from alignkit.train.loop import train as run_training
 
-    overrides = list(ctx.args) + (["resume=true"] if resume else [])
-    try:
-        cfg = load_config(config, overrides)
-    except (ValueError, OSError) as err:
-        _fail(str(err))
+    overrides = list(ctx.args) + (["resume=true"] if resume else []) + (["overwrite=true"] if overwrite else [])
+    cfg = load_config(config, overrides)
     result = run_training(cfg, log=console.print)
     console.print(f"run directory: {result.output_dir}")
 
 
+def _print_objectives() -> None:
+    import alignkit.train.methods  # noqa: F401 - registers every objective and method
+    from alignkit.objectives.params import describe_all
+
+    for name, rows in describe_all():
+        table = Table("parameter", "type", "default", "description", title=f"[bold]{name}[/]", title_justify="left")
+        for key, annotation, default, description in rows:
+            table.add_row(key, annotation, repr(default), description)
+        if not rows:
+            table.add_row("(none)", "", "", "")
+        console.print(table)
+
+
 @app.command()
+@guarded
 def quickstart(
     output_dir: Path = Path("runs/quickstart"),
-    steps: Annotated[int, typer.Option(help="training steps")] = 60,
+    steps: Annotated[int, typer.Option(help="training steps", min=1)] = 60,
     overrides: Annotated[list[str] | None, typer.Argument(help="config overrides, key=value")] = None,
 ) -> None:
     """Load the builtin SmolLM2, train it with DPO on the synthetic tasks, and show before/after."""
@@ -189,8 +272,8 @@ def quickstart(
 
 from alignkit.eval.command import eval_command, report_command  # noqa: E402 - kept next to its registration
 
-app.command("eval")(eval_command)
-app.command("report")(report_command)
+app.command("eval")(guarded(eval_command))
+app.command("report")(guarded(report_command))
 
 
 def main() -> None:  # pragma: no cover

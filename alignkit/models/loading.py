@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 import warnings
+from difflib import get_close_matches
 from pathlib import Path
 
 import torch
@@ -56,7 +59,28 @@ def resolve_model_path(spec: str, log=print) -> tuple[str, str | None]:
         return str(path), None
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelNotAvailableError(f"model path {spec!r} is neither a model directory nor a .gguf file")
+    if not HUB_ID.fullmatch(spec):
+        close = get_close_matches(spec, list(BUILTIN_MODELS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"builtin models: {', '.join(BUILTIN_MODELS)}"
+        raise ModelNotAvailableError(f"model {spec!r} is not a builtin model, a local directory or .gguf file, "
+                                     f"or a hub id of the form org/name; {hint}")
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and not _in_hub_cache(spec):
+        raise ModelNotAvailableError(f"model {spec!r} is a hub id, HF_HUB_OFFLINE=1 is set and it is not in the "
+                                     "local hub cache; download it first or give a local directory")
     return spec, None  # a hub id
+
+
+# org/name, as the hub spells repository ids (letters, digits, '-', '_', '.')
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - no cache support means "not cached"
+        return False
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL, trust_remote_code: bool = False, log=print):

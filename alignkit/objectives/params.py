@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 class Params(BaseModel):
     """Base of every parameter model: unknown keys are rejected, values are range-checked."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class UncheckedParams(Params):
@@ -52,7 +52,8 @@ def _describe(error: dict[str, Any]) -> str:
               "less_than_equal": "<= {le}"}
     if kind in bounds:
         return f"{loc} must be {bounds[kind].format(**ctx)} (got {error['input']!r})"
-    return f"{loc}: {error['msg'].lower()} (got {error['input']!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message[:1].lower() + message[1:]} (got {error['input']!r})"
 
 
 def validate_params(name: str, raw: dict[str, Any], where: str = "") -> Params:
@@ -78,7 +79,9 @@ def describe_all() -> list[tuple[str, list[tuple[str, str, Any, str]]]]:
     for name in sorted(PARAMETERS):
         rows = []
         for key, field in PARAMETERS[name].model_fields.items():
-            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
+            annotation = field.annotation
+            annotation = (str(annotation) if getattr(annotation, "__args__", None)
+                          else getattr(annotation, "__name__", None) or str(annotation))
             default = None if field.is_required() else field.get_default(call_default_factory=True)
             rows.append((key, annotation.replace("typing.", ""), default, field.description or ""))
         out.append((name, rows))

@@ -62,10 +62,18 @@ def example_tokens(item, shared_prefix: bool) -> int:
     return len(item.prompt) + len(item.response)
 
 
-def micro_batches(config, items: list, start: int = 0) -> Iterator[list[int]]:
-    """The loop's micro-batch order: fixed ``batch_size`` batches, or token-budget batches when
-    ``max_tokens_per_batch`` is set."""
+def micro_batches(config, items: list, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[list[int]]:
+    """This process's micro-batches: fixed ``batch_size`` batches, or token-budget batches when
+    ``max_tokens_per_batch`` is set.
+
+    With ``world`` processes the order is drawn once, as global batches of ``batch_size x world`` examples,
+    and process ``rank`` takes its own slice of each, so 2 processes x 2 pairs see per optimizer step the
+    pairs 1 process x 4 pairs sees. Token-budget batches are dealt round-robin (batch k of the global
+    order goes to process k mod world). ``start`` counts micro-batches per process (global batches)."""
     if not getattr(config, "max_tokens_per_batch", None):
-        return batch_order(len(items), config.batch_size, config.seed, start=start)
+        size = config.batch_size
+        return (batch[rank * size:(rank + 1) * size]
+                for batch in batch_order(len(items), size * world, config.seed, start=start))
     lengths = [example_tokens(item, config.layout == "shared_prefix") for item in items]
-    return token_budget_order(lengths, config.max_tokens_per_batch, config.seed, start=start)
+    order = token_budget_order(lengths, config.max_tokens_per_batch, config.seed, start=start * world)
+    return (batch for k, batch in enumerate(order) if k % world == rank)

@@ -35,6 +35,7 @@ class TrainerState:
     micro_step: int = 0  # micro-batches consumed: the data position
     objective_state: dict[str, Any] = field(default_factory=dict)  # e.g. BCO's running reward mean
     tokens_seen: int = 0
+    num_processes: int = 1  # the data order is sharded by process count; resume needs the same count
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

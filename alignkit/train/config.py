@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alignkit.configs import StrictModel, apply_overrides, deep_merge, read_yaml_mapping
+from alignkit.configs import ConfigError, StrictModel, apply_overrides, deep_merge, one_line, read_yaml_mapping
 from alignkit.models.builtin import DEFAULT_MODEL
 
 
@@ -21,17 +21,17 @@ class ModelConfig(StrictModel):
 
 class LoraConfig(StrictModel):
     enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
     merge_on_save: bool = False  # save a merged full model instead of the adapter
 
 
 class SyntheticConfig(StrictModel):
-    n_train: int = 2000
-    n_test: int = 200
+    n_train: int = Field(2000, ge=1)
+    n_test: int = Field(200, ge=0)
     seed: int = 0
     families: list[str] | None = None
 
@@ -42,13 +42,20 @@ class DataConfig(StrictModel):
     kind: Literal["pair", "binary"] = "pair"
     column_map: dict[str, str] | None = None
     on_invalid: Literal["error", "skip"] = "error"
-    eval_fraction: float = 0.05
-    max_eval_examples: int | None = 200
-    max_train_examples: int | None = None
-    max_length: int = 512
-    max_prompt_length: int = 256
+    eval_fraction: float = Field(0.05, ge=0, lt=1)  # 0: no held-out split (when data.eval is unset)
+    max_eval_examples: int | None = Field(200, ge=0)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_length: int = Field(512, ge=2)
+    max_prompt_length: int = Field(256, ge=1)
     use_chat_template: bool | None = None
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> DataConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
+                             f"({self.max_length}): the response needs room")
+        return self
 
 
 class ObjectiveConfig(BaseModel):
@@ -72,12 +79,19 @@ class ObjectiveConfig(BaseModel):
 
 
 class OptimConfig(StrictModel):
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     scheduler: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = 0
-    max_grad_norm: float | None = 1.0
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"each Adam beta must be in [0, 1), got {list(value)}")
+        return value
 
 
 class TrainConfig(StrictModel):
@@ -88,19 +102,19 @@ class TrainConfig(StrictModel):
     objectives: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig(name="dpo", beta=0.1)])
     reference: Literal["auto", "copy", "adapter", "precomputed", "none"] = "auto"
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    max_steps: int = 100
-    batch_size: int = 4  # pairs per micro-batch
-    gradient_accumulation_steps: int = 1
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)  # pairs per micro-batch
+    gradient_accumulation_steps: int = Field(1, ge=1)
     bf16: bool = False  # bf16 autocast for compute; master weights stay fp32
     # Recompute each layer's activations in the backward pass instead of keeping them: less memory (exact,
     # same results), at the cost of a second forward through the layers.
     activation_checkpointing: bool = False
     seed: int = 0
-    eval_every: int = 50  # 0 disables periodic eval (final eval still runs)
-    save_every: int = 50  # 0: only the final model
-    log_every: int = 1
-    keep_checkpoints: int = 2
-    logprob_chunk_size: int = 1024
+    eval_every: int = Field(50, ge=0)  # 0 disables periodic eval (final eval still runs)
+    save_every: int = Field(50, ge=0)  # 0: only the final model
+    log_every: int = Field(1, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    logprob_chunk_size: int = Field(1024, ge=1)
     # Preference batches: "shared_prefix" writes each prompt once with all its responses in one row (4-D mask,
     # positions restarting per response) when that is exact for the model, else falls back to "padded" rows
     # of [prompt | response] with the reason logged; "padded" forces the plain layout (debugging).
@@ -108,9 +122,15 @@ class TrainConfig(StrictModel):
     # With shared_prefix, also pack several prompts' rows into one row (block-diagonal mask, rows no longer than
     # the longest group): no padding. Exact like shared_prefix; ignored by the padded layout.
     packing: bool = True
-    pack_row_tokens: int | None = None  # packed row capacity; None: the longest group of the micro-batch
-    max_tokens_per_batch: int | None = None  # token-budget micro-batches (length-grouped) instead of batch_size
+    pack_row_tokens: int | None = Field(None, ge=1)  # packed row capacity; None: the longest group of a batch
+    max_tokens_per_batch: int | None = Field(None, ge=1)  # token-budget micro-batches instead of batch_size
     resume: bool = False
+    # accelerate trackers written by the main process besides metrics.jsonl, e.g. [tensorboard] or [wandb]
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
+        default_factory=list)
+    # Start in a directory holding an earlier run: the old run is moved aside and deleted once this run has
+    # saved its first checkpoint (or finished). Without it (and without resume) such a directory is refused.
+    overwrite: bool = False
     progress: bool = True
 
     @field_validator("objectives")
@@ -137,7 +157,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         deep_merge(tree, read_yaml_mapping(path))
     if overrides:
         tree = apply_overrides(tree, overrides)
-    config = TrainConfig.model_validate(tree)
+    try:
+        config = TrainConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(one_line(error)) from None
+    if config.resume and config.overwrite:
+        raise ConfigError("resume and overwrite exclude each other: resume continues the run in output_dir, "
+                          "overwrite replaces it")
     config.check_objectives()
     return config
 

@@ -7,9 +7,7 @@ reference policies (``reference``) supply the reference log-probs.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from torch import nn
 from transformers import get_scheduler
 
 from alignkit.engine.exactness import layout_support
+from alignkit.io import append_jsonl, atomic_directory, atomic_write_text
 from alignkit.models import load_model
 from alignkit.progress import TrainProgress
 from alignkit.train.batching import micro_batches
@@ -33,8 +32,10 @@ from alignkit.train.checkpoint import (
     save_checkpoint,
 )
 from alignkit.train.config import TrainConfig, dump_config
+from alignkit.train.distributed import main_first, reduce_metrics
 from alignkit.train.methods import BatchContext, Method, build_method
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
+from alignkit.train.rundir import ReplacedRun, claim, truncate_metrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -100,22 +101,52 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
           model: nn.Module | None = None, tokenizer=None) -> RunResult:
     """Run training as configured. ``stop_after_steps`` ends early as if killed right after that step's
     checkpoint (used to test resume); ``model``/``tokenizer`` bypass loading (tests use tiny models)."""
+    config.check_objectives()
     out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(config.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=config.model.device == "cpu")
-    autocast_dtype = torch.bfloat16 if config.bf16 else None
-
     method = build_method(config)
     reference_mode = resolve_reference_mode(config, method)
+    if config.resume and latest_checkpoint(out_dir) is None:
+        raise CheckpointError(f"resume requested but {out_dir / 'checkpoints'} holds no checkpoint (a run stopped "
+                              "before its first save cannot be resumed); start it again without --resume "
+                              "(with --overwrite if the directory holds its files)")
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              cpu=config.model.device == "cpu", log_with=config.report_to or None,
+                              project_dir=str(out_dir / "trackers"))
+    if not accelerator.is_main_process:
+        log = _silent  # one process speaks for the run
+    # Everything above only reads; from here on the directory is ours (an earlier run is refused or set aside).
+    replaced = main_first(accelerator, lambda: claim(out_dir, config.resume, config.overwrite, log))
+    try:
+        return _run(config, accelerator, method, reference_mode, out_dir, replaced, log, stop_after_steps,
+                    model, tokenizer)
+    except BaseException:
+        if replaced is not None and latest_checkpoint(out_dir) is None:
+            replaced.restore()
+        raise
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _run(config: TrainConfig, accelerator: Accelerator, method: Method, reference_mode: str, out_dir: Path,
+         replaced: ReplacedRun | None, log: Callable[[str], None], stop_after_steps: int | None,
+         model: nn.Module | None, tokenizer) -> RunResult:
+    set_seed(config.seed)
+    autocast_dtype = torch.bfloat16 if config.bf16 else None
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
 
     if model is None:
         model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=config.model.device,
                                       trust_remote_code=config.model.trust_remote_code, log=log)
     model.to(accelerator.device)
     train_items, eval_items = method.load(tokenizer, out_dir, log)
-    (out_dir / "config.yaml").write_text(dump_config(config))
+    if main:
+        atomic_write_text(out_dir / "config.yaml", dump_config(config))
+    log(f"{world} process(es) x {config.batch_size} examples per micro-batch x {config.gradient_accumulation_steps} "
+        f"accumulation step(s) = {world * config.batch_size * config.gradient_accumulation_steps} examples per "
+        "optimizer step" + (" (token-budget micro-batches: sizes vary)" if config.max_tokens_per_batch else ""))
 
     precomputed = eval_precomputed = None
     if reference_mode == "precomputed":  # computed from the initial weights, before any adapter exists
@@ -124,8 +155,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
                       score_prompt=method.score_prompt, log=log,
                       shared_prefix=config.layout == "shared_prefix" and layout_support(model, tokenizer.pad_token_id)
                       is None)
-        precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common)
-        eval_precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common)
+
+        def build_both() -> tuple[PrecomputedReference, PrecomputedReference]:
+            return (PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common),
+                    PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common))
+
+        # computed once, by the main process, into the on-disk cache; the others then read that cache
+        built = main_first(accelerator, build_both)
+        precomputed, eval_precomputed = built if built is not None else build_both()
     frozen = FrozenCopyReference(model, config.logprob_chunk_size, autocast_dtype) \
         if reference_mode == "copy" else None
     if config.lora.enabled:
@@ -145,21 +182,23 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
 
-    state = TrainerState()
+    state = TrainerState(num_processes=world)
     if config.resume:
         checkpoint = latest_checkpoint(out_dir)
-        if checkpoint is None:
-            raise CheckpointError(f"resume requested but {out_dir / 'checkpoints'} holds no checkpoint")
         state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        if state.num_processes != world:
+            raise CheckpointError(
+                f"{checkpoint} was saved by a run with {state.num_processes} process(es) and this one has {world}: "
+                "the data order is sharded per process count, so resume with the same number of processes")
         log(f"resumed from {checkpoint} at step {state.step}")
-    else:
-        _start_fresh(out_dir, log)
-    metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, state.step)
+    run_log = RunLog(accelerator, out_dir, config)
+    if main:
+        truncate_metrics(run_log.path, state.step, config.max_steps, log)
+    accelerator.wait_for_everyone()
 
     ctx = BatchContext(model, reference, tokenizer.pad_token_id, config.logprob_chunk_size, autocast_dtype,
                        accelerator.device, tokenizer)
-    batches = micro_batches(config, train_items, start=state.micro_step)
+    batches = micro_batches(config, train_items, start=state.micro_step, rank=rank, world=world)
     last_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     last_good = latest_checkpoint(out_dir)
@@ -167,14 +206,16 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
     if state.step == 0 and config.eval_every:  # the baseline every later eval is compared with
         eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
                                        state.objective_state)
-        _append_metrics(metrics_path, 0, "eval", eval_metrics)
+        run_log.write(0, "eval", eval_metrics)
         log(f"eval before training: {_short(eval_metrics)}")
 
     with TrainProgress(config.max_steps, state.step, enabled=config.progress) as progress:
         while state.step < config.max_steps:
             step_start, step_tokens, accumulated = time.perf_counter(), 0, []
+            examples = 0
             for _ in range(config.gradient_accumulation_steps):
                 indices = next(batches)
+                examples += len(indices)
                 with accelerator.accumulate(model):
                     out = method.step(ctx, train_items, indices, precomputed, state.objective_state,
                                       training=True)
@@ -201,43 +242,62 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
             state.tokens_seen += step_tokens
             elapsed = time.perf_counter() - step_start
             last_metrics = {k: sum(m[k] for m in accumulated) / len(accumulated) for k in accumulated[0]}
-            last_metrics.update(learning_rate=scheduler.get_last_lr()[0], tokens_per_second=step_tokens / elapsed,
-                                step_seconds=elapsed)
+            last_metrics["tokens_per_second"] = step_tokens / elapsed
+            # one line per step whatever the process count: example-weighted means, throughput summed
+            last_metrics = reduce_metrics(accelerator, last_metrics, examples, summed=("tokens_per_second",))
+            last_metrics.update(learning_rate=scheduler.get_last_lr()[0], step_seconds=elapsed)
             if grad_norm is not None:
-                last_metrics["grad_norm"] = grad_norm
+                last_metrics["grad_norm"] = grad_norm  # of the averaged gradient: the same on every process
             if state.step % config.log_every == 0 or state.step == config.max_steps:
-                _append_metrics(metrics_path, state.step, "train", last_metrics)
+                run_log.write(state.step, "train", last_metrics)
             progress.update(state.step, last_metrics)
 
             if config.eval_every and state.step % config.eval_every == 0 and state.step < config.max_steps:
                 eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
                                                state.objective_state)
-                _append_metrics(metrics_path, state.step, "eval", eval_metrics)
+                run_log.write(state.step, "eval", eval_metrics)
                 progress.note(f"eval step {state.step}: " + _short(eval_metrics))
             if config.save_every and state.step % config.save_every == 0:
-                last_good = save_checkpoint(out_dir, accelerator.unwrap_model(model), optimizer, scheduler,
-                                            state, keep=config.keep_checkpoints)
+                # the main process writes; every process waits until the checkpoint is complete
+                main_first(accelerator, lambda: save_checkpoint(out_dir, accelerator.unwrap_model(model), optimizer,
+                                                                scheduler, state, keep=config.keep_checkpoints))
+                last_good = latest_checkpoint(out_dir)
+                if replaced is not None:  # the new run now has a checkpoint: the replaced one may go
+                    replaced.discard()
+                    replaced = None
             if stop_after_steps is not None and state.step >= stop_after_steps:
+                run_log.close()
                 return RunResult(out_dir, out_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
 
     eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed, state.objective_state)
-    _append_metrics(metrics_path, state.step, "eval", eval_metrics)
+    run_log.write(state.step, "eval", eval_metrics)
     log(f"final eval: {_short(eval_metrics)}")
-    final_model = method.export(accelerator.unwrap_model(model), out_dir / "final")
-    final_dir = save_final(final_model, tokenizer, config, out_dir / "final")
+    final_dir = out_dir / "final"
+    main_first(accelerator, lambda: save_final(accelerator.unwrap_model(model), tokenizer, config, final_dir, method))
     log(f"saved final model to {final_dir}")
+    if replaced is not None:
+        replaced.discard()
+    run_log.close()
     return RunResult(out_dir, final_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
 
 
-def save_final(model: nn.Module, tokenizer, config: TrainConfig, final_dir: Path) -> Path:
-    """A directory ``AutoModelForCausalLM.from_pretrained`` loads: full weights, or adapter + base path."""
-    final_dir.mkdir(parents=True, exist_ok=True)
-    if config.lora.enabled and config.lora.merge_on_save:
-        model = model.merge_and_unload()
-    model.save_pretrained(final_dir, safe_serialization=True)
-    tokenizer.save_pretrained(final_dir)
-    (final_dir / "alignkit_config.yaml").write_text(dump_config(config))
-    return final_dir
+def save_final(model: nn.Module, tokenizer, config: TrainConfig, final_dir: Path, method: Method | None = None
+               ) -> Path:
+    """A directory ``AutoModelForCausalLM.from_pretrained`` loads: full weights, or adapter + base path.
+
+    Written whole into a temporary directory and swapped in (``alignkit.io.atomic_directory``): a kill
+    leaves the old ``final/`` or the new one, and nothing of an earlier run (an old adapter beside new full
+    weights) survives into the new one."""
+
+    def fill(tmp: Path) -> None:
+        exported = method.export(model, tmp) if method is not None else model
+        if config.lora.enabled and config.lora.merge_on_save:
+            exported = exported.merge_and_unload()
+        exported.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "alignkit_config.yaml").write_text(dump_config(config))
+
+    return atomic_directory(final_dir, fill)
 
 
 def _short(metrics: dict[str, float]) -> str:
@@ -245,50 +305,37 @@ def _short(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-_TENSORBOARD: dict[Path, object] = {}
+class RunLog:
+    """``metrics.jsonl`` (the source of truth the report reads) and accelerate's trackers (``report_to``:
+    tensorboard, wandb, mlflow, ...), written by the main process only."""
+
+    def __init__(self, accelerator: Accelerator, out_dir: Path, config: TrainConfig):
+        self.accelerator, self.path = accelerator, out_dir / "metrics.jsonl"
+        self.main = accelerator.is_main_process
+        self.trackers = bool(config.report_to)
+        if self.trackers:
+            hyperparameters = {k: v for k, v in _flatten(config.model_dump(mode="json")).items()
+                               if isinstance(v, int | float | str | bool)}
+            accelerator.init_trackers("alignkit", config=hyperparameters)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.main:
+            return
+        append_jsonl(self.path, {"step": step, "split": split, **metrics})
+        if self.trackers:
+            self.accelerator.log({f"{split}/{key}": value for key, value in metrics.items()}, step=step)
+
+    def close(self) -> None:
+        if self.trackers:
+            self.accelerator.end_training()  # flushes and closes every tracker
 
 
-def _tensorboard(run_dir: Path):
-    """A SummaryWriter under run_dir/tensorboard when tensorboard is installed, else None."""
-    if run_dir not in _TENSORBOARD:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            _TENSORBOARD[run_dir] = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            _TENSORBOARD[run_dir] = None
-    return _TENSORBOARD[run_dir]
-
-
-def _append_metrics(path: Path, step: int, split: str, metrics: dict[str, float]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-    writer = _tensorboard(path.parent)
-    if writer is not None:
-        for key, value in metrics.items():
-            writer.add_scalar(f"{split}/{key}", value, step)
-        writer.flush()
-
-
-def _start_fresh(out_dir: Path, log: Callable[[str], None]) -> None:
-    """A run without ``resume`` owns its directory: an earlier run's metrics and checkpoints would otherwise
-    mix into this run's curves and be taken for its last good checkpoint."""
-    old_metrics = out_dir / "metrics.jsonl"
-    old_checkpoints = sorted((out_dir / "checkpoints").glob("step-*"))
-    if old_metrics.exists() or old_checkpoints:
-        log(f"fresh run (no --resume): replacing the earlier run's metrics.jsonl and {len(old_checkpoints)} "
-            f"checkpoint(s) in {out_dir}")
-    old_metrics.unlink(missing_ok=True)
-    for checkpoint in old_checkpoints:
-        shutil.rmtree(checkpoint)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(value, name + ".") if isinstance(value, dict) else {name: value})
+    return out
 
 
 __all__ = ["RunResult", "TrainingDiverged", "save_final", "train"]

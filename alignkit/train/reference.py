@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from alignkit.engine.layouts import Group, PackedBatch, SequenceBatch, build_groups
 from alignkit.engine.logprobs import SequenceLogps, sequence_logps
+from alignkit.io import atomic_write
 from alignkit.models.builtin import cache_root
 
 Rows = Sequence[tuple[list[int], list[int]]]
@@ -92,6 +93,24 @@ def _consecutive_groups(rows: Rows) -> list[Group]:
     return groups
 
 
+def _read_cache(path: Path, n_rows: int, log: Callable[[str], None]) -> PrecomputedReference | None:
+    """A cached table, or None (a miss) when it is absent, unreadable or of the wrong size: a broken cache
+    entry costs a recompute, never the run."""
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(path)
+        logps, tokens = tensors["logps"], tensors["tokens"]
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with the file, recomputing fixes it
+        log(f"reference log-probs: cache entry {path} is unreadable ({type(error).__name__}); recomputing")
+        return None
+    if logps.shape != (n_rows,) or tokens.shape != (n_rows,):
+        log(f"reference log-probs: cache entry {path} has {tuple(logps.shape)} rows, expected {n_rows}; "
+            "recomputing")
+        return None
+    return PrecomputedReference(logps, tokens)
+
+
 class PrecomputedReference:
     """Reference log-probs computed once per row and looked up by row index afterwards."""
 
@@ -125,10 +144,10 @@ class PrecomputedReference:
                                        rows_fingerprint(rows, settings)]).encode()).hexdigest()[:32]
         cache_dir = cache_dir or cache_root() / "reference_logps"
         path = cache_dir / f"{key}.safetensors"
-        if path.is_file():
-            tensors = load_file(path)
+        cached = _read_cache(path, len(rows), log)
+        if cached is not None:
             log(f"reference log-probs: reused cache {path}")
-            return cls(tensors["logps"], tensors["tokens"])
+            return cached
         device = next(model.parameters()).device
         values, counts = [], []
         was_training = model.training
@@ -146,9 +165,8 @@ class PrecomputedReference:
                     advance(len(part))
         model.train(was_training)
         logps, tokens = torch.cat(values), torch.cat(counts)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"logps": logps.contiguous(), "tokens": tokens.contiguous()}, str(tmp))
-        tmp.replace(path)
+        # unique temp name + fsync + rename (alignkit.io): runs sharing the cache never see a torn entry
+        atomic_write(path, lambda tmp: save_file({"logps": logps.contiguous(), "tokens": tokens.contiguous()},
+                                                 str(tmp)))
         log(f"reference log-probs: computed {len(rows)} rows, cached at {path}")
         return cls(logps, tokens)

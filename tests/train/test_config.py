@@ -1,8 +1,8 @@
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
+from alignkit.configs import ConfigError
 from alignkit.objectives import OBJECTIVES
 from alignkit.train.config import dump_config, load_config
 from alignkit.train.methods import METHODS
@@ -32,7 +32,7 @@ def test_overrides_reach_nested_fields_and_lists(tmp_path):
 
 
 def test_unknown_keys_are_rejected(tmp_path):
-    with pytest.raises(ValidationError, match="learning_rat"):
+    with pytest.raises(ConfigError, match="learning_rat"):
         load_config(None, ["optim.learning_rat=1e-4"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["max_steps"])

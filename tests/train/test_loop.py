@@ -94,8 +94,8 @@ def test_lora_with_adapter_disabled_reference(tmp_path, tokenizer):
 def test_precomputed_reference_equals_live_and_is_cached(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
     losses = {}
-    for mode in ["copy", "precomputed", "precomputed"]:
-        config = make_config(tmp_path / mode, f"reference={mode}", "max_steps=4")
+    for i, mode in enumerate(["copy", "precomputed", "precomputed"]):
+        config = make_config(tmp_path / f"{mode}-{i}", f"reference={mode}", "max_steps=4")
         result = train(config, model=tiny_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
         losses.setdefault(mode, []).append([m["loss"] for m in read_metrics(result.output_dir)
                                             if m["split"] == "train"])
@@ -183,15 +183,3 @@ def test_activation_checkpointing_gives_the_same_training(tmp_path, tokenizer, l
         torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5)
     losses = [m["loss"] for m in plain_metrics if m["split"] == "train"]
     assert losses == pytest.approx([m["loss"] for m in ckpt_metrics if m["split"] == "train"], abs=1e-6)
-
-
-def test_a_fresh_run_in_a_used_directory_starts_clean(tmp_path, tokenizer):
-    config = make_config(tmp_path, "max_steps=2", "save_every=1", "eval_every=2", "batch_size=2")
-    train(config, model=tiny_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
-    messages: list[str] = []
-    config = make_config(tmp_path, "max_steps=1", "save_every=1", "eval_every=1", "batch_size=2")
-    result = train(config, model=tiny_llama(tokenizer), tokenizer=tokenizer, log=messages.append)
-    lines = read_metrics(result.output_dir)
-    assert [(m["step"], m["split"]) for m in lines] == [(0, "eval"), (1, "train"), (1, "eval")]
-    assert [p.name for p in (result.output_dir / "checkpoints").glob("step-*")] == ["step-000001"]
-    assert any("replacing the earlier run's metrics.jsonl and 2 checkpoint(s)" in m for m in messages)
