@@ -20,6 +20,18 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; what we publish gets the usual umask modes."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every platform lets a directory be opened
         fd = os.open(path, os.O_RDONLY)
@@ -41,6 +53,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        _publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -122,6 +135,7 @@ def atomic_directory(target: str | Path, fill: Callable[[Path], Any]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         fill(tmp)
+        _publish_mode(tmp, directory=True)
         for file in tmp.rglob("*"):
             if file.is_file():
                 with open(file, "rb") as handle:

@@ -1,4 +1,4 @@
-"""The one exception type the data layer raises for bad input data."""
+"""The one exception type the data layer raises for bad input data, and how its messages name values."""
 
 from __future__ import annotations
 
@@ -54,3 +54,18 @@ class DataError(ValueError):
 
 def _rebuild(message: str, state: dict) -> DataError:
     return DataError(message, **state)
+
+
+def type_name(value: object) -> str:
+    """How an error message names the JSON type of a bad value ("null", "a list", "a number (42)")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -2,10 +2,16 @@
 
 A prompt or response is either a plain string or a list of chat messages ``{"role", "content"}``.
 A prompt given as messages ends with a user turn; a response given as messages holds the assistant turn(s).
+
+Kinds read by :func:`alignkit.data.readers.load_records`: ``pair``, ``binary``, ``judgment`` (CUT), ``ranked``.
+Kinds with their own loaders in :mod:`alignkit.data.readers`: ``joint`` (:class:`JointPair`, DOVE) and
+``sft`` (:class:`SFTExample`, PoFT); MAH-DPO's preference vectors are ``pair`` records carrying
+``metadata["preferences"]``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -132,17 +138,65 @@ class RankedGroup(_Record):
             raise ValueError(f"scores: {len(self.scores)} scores for {len(self.responses)} responses")
         return self
 
-    def to_pairs(self) -> list[PreferencePair]:
-        """Every ordered pair with a strict score difference, best first."""
-        pairs = []
+    def pair_indices(self) -> Iterator[tuple[int, int]]:
+        """``(better, worse)`` response indices of every pair with a strict score difference and distinct
+        responses; nothing when all the scores tie."""
+        assert self.scores is not None
         for i, (ri, si) in enumerate(zip(self.responses, self.scores, strict=True)):
-            for rj, sj in zip(self.responses[i + 1:], self.scores[i + 1:], strict=True):
+            for j in range(i + 1, len(self.responses)):
+                rj, sj = self.responses[j], self.scores[j]
                 if si == sj or ri == rj:
                     continue
-                chosen, rejected = (ri, rj) if si > sj else (rj, ri)
-                pairs.append(PreferencePair(prompt=self.prompt, chosen=chosen, rejected=rejected,
-                                            system=self.system, metadata=dict(self.metadata)))
-        return pairs
+                yield (i, j) if si > sj else (j, i)
+
+    def to_pairs(self) -> list[PreferencePair]:
+        """Every ordered pair with a strict score difference, best first."""
+        return [PreferencePair(prompt=self.prompt, chosen=self.responses[better],
+                               rejected=self.responses[worse], system=self.system, metadata=dict(self.metadata))
+                for better, worse in self.pair_indices()]
+
+
+class JointPair(BaseModel):
+    """``(prompt_chosen, chosen) ≻ (prompt_rejected, rejected)``: a preference between two responses to possibly
+    different prompts, the data of DOVE (Bansal et al., "Comparing Bad Apples to Good Oranges: Aligning Large
+    Language Models via Joint Preference Optimization", arXiv:2404.00530). Equal prompts make it an ordinary
+    (conditional) pair."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["joint"] = "joint"
+    prompt_chosen: Text
+    chosen: Text
+    prompt_rejected: Text
+    rejected: Text
+    system: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("prompt_chosen", "chosen", "prompt_rejected", "rejected")
+    @classmethod
+    def _not_empty(cls, value: Text, info) -> Text:
+        return _non_empty(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _sides_differ(self) -> JointPair:
+        if self.prompt_chosen == self.prompt_rejected and self.chosen == self.rejected:
+            raise ValueError("chosen is identical to rejected (same prompt and response)")
+        return self
+
+    @property
+    def joint(self) -> bool:
+        return self.prompt_chosen != self.prompt_rejected
+
+
+class SFTExample(BaseModel):
+    """(prompt, response): one demonstration, the data of PoFT (Fan et al., "Favoring Target Model Over Aligned
+    LLMs", AAAI 2025, arXiv:2412.12865)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["sft"] = "sft"
+    prompt: Text
+    response: Text
+    system: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 Record = PreferencePair | BinaryFeedback | Judgment | RankedGroup

@@ -1,4 +1,10 @@
-"""Pure evaluation metrics for preference alignment (METHODS.md §1 and §17).
+"""Pure evaluation metrics for preference alignment.
+
+Implicit rewards are DPO's (Rafailov et al., "Direct Preference Optimization: Your Language Model is
+Secretly a Reward Model", NeurIPS 2023, arXiv:2305.18290). Ranking accuracy, idealized ranking accuracy R*,
+difficulty and flips follow Chen et al., "Preference Learning Algorithms Do Not Learn Preference Rankings",
+NeurIPS 2024, arXiv:2405.19534. The length-controlled win rate follows Dubois et al., "Length-Controlled
+AlpacaEval: A Simple Way to Debias Automatic Evaluators", COLM 2024, arXiv:2404.04475.
 
 Every function takes numpy arrays, torch tensors or plain sequences and returns python floats or numpy
 arrays. No models, no I/O. All log-probabilities are per-sequence sums over response tokens (prompt
@@ -87,7 +93,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Ranking accuracy (§17) and implicit-reward accuracy (§1)
+# Ranking accuracy (Chen et al. 2024) and implicit-reward accuracy (Rafailov et al. 2023)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -98,7 +104,7 @@ def ranking_accuracy(
     tokens_rejected: ArrayLike | None = None,
     length_normalized: bool = False,
 ) -> float:
-    """Likelihood ranking accuracy of a model (Chen et al. 2024, §17).
+    """Likelihood ranking accuracy of a model (Chen et al., NeurIPS 2024, arXiv:2405.19534).
 
     ``R = (1/N) Σ 1[ log π(y_w|x) > log π(y_l|x) ]``
 
@@ -140,7 +146,7 @@ def implicit_reward_accuracy(
 
 
 def idealized_ranking_accuracy(ref_c: ArrayLike, ref_r: ArrayLike, beta: float, alpha: ArrayLike) -> float:
-    """Idealized ranking accuracy R* of the exact RLHF/DPO optimum (§17).
+    """Idealized ranking accuracy R* of the exact RLHF/DPO optimum (Chen et al. 2024, arXiv:2405.19534).
 
     Under Bradley-Terry the optimum is ``π* ∝ π_ref·exp(r*/β)`` with ``r*(y_w) − r*(y_l) = log(α/(1−α))``,
     where ``α = P(y_w ≻ y_l)``. π* ranks a pair correctly iff the condition below holds, so
@@ -169,7 +175,7 @@ def alignment_gap(R_star: float, R: float) -> float:  # noqa: N803 - names follo
 
 
 def difficulty(ref_c: ArrayLike, ref_r: ArrayLike) -> np.ndarray:
-    """Per-example difficulty ``c = log π_ref(y_l|x) − log π_ref(y_w|x)`` (§17).
+    """Per-example difficulty ``c = log π_ref(y_l|x) − log π_ref(y_w|x)`` (Chen et al. 2024, arXiv:2405.19534).
 
     ``c > 0`` means the reference model mis-ranks the pair; larger ``c`` is harder to flip, because the
     policy needs a log-ratio margin ``h(y_w) − h(y_l) > c``.
@@ -324,7 +330,8 @@ def length_adjusted_win_rate(
     seed: int = 0,
     ridge: float = 1e-3,
 ) -> LengthAdjustedWinRate:
-    """Length-controlled win rate: a simplified AlpacaEval-LC-style adjustment.
+    """Length-controlled win rate: a simplified AlpacaEval-LC-style adjustment (Dubois et al., COLM 2024,
+    arXiv:2404.04475).
 
     Fits the logistic model ``P(win_i) = σ(a + b·z_i)`` with ``z_i = tanh(d_i / std(d))`` and
     ``d_i = len_policy_i − len_baseline_i`` by maximum likelihood (Newton/IRLS in numpy, ties as 0.5
@@ -366,7 +373,8 @@ def kl_estimate(policy_logps: ArrayLike, ref_logps: ArrayLike) -> KLEstimate:
     With ``log r = log π_ref(y) − log π(y)`` per sample:
 
     * k1 = ``mean(log π − log π_ref) = mean(−log r)``: unbiased, high variance, can be negative;
-    * k3 = ``mean((r − 1) − log r)``: unbiased and always ≥ 0 per sample, lower variance (Schulman's k3).
+    * k3 = ``mean((r − 1) − log r)``: unbiased and always ≥ 0 per sample, lower variance (the k1/k3
+      estimators of J. Schulman, "Approximating KL Divergence", 2020, http://joschu.net/blog/kl-approx.html).
 
     Inputs are per-sample log-probs (sequence sums or per-token, as long as both use the same unit).
     ``r`` is exponentiated in float64; a log-ratio beyond ~709 makes k3 infinite, signalling huge drift.

@@ -66,7 +66,8 @@ def resolve_model_path(spec: str, log=print) -> tuple[str, str | None]:
                                      f"or a hub id of the form org/name; {hint}")
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and not _in_hub_cache(spec):
         raise ModelNotAvailableError(f"model {spec!r} is a hub id, HF_HUB_OFFLINE=1 is set and it is not in the "
-                                     "local hub cache; download it first or give a local directory")
+                                     "local hub cache; download it first, give a local directory, or use the "
+                                     f"builtin {DEFAULT_MODEL!r}")
     return spec, None  # a hub id
 
 

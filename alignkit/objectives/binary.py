@@ -1,4 +1,9 @@
-"""Binary-feedback objectives: KTO and BCO (METHODS.md section 5), plus BCO's paired form.
+"""Binary-feedback objectives: KTO and BCO, plus BCO's paired form.
+
+Papers: KTO (Ethayarajh, Xu, Muennighoff, Jurafsky, Kiela, "KTO: Model Alignment as Prospect Theoretic
+Optimization", ICML 2024, arXiv 2402.01306); BCO (Jung, Han, Nam, On, "Binary Classifier Optimization for
+Large Language Model Alignment", ACL 2025, arXiv 2404.04656). Each function's docstring states its formula
+and defaults; each has a :class:`Params` model with the same keyword parameters, checked when a config loads.
 
 KTO/BCO take :class:`UnpairedLogps` (one thumbs-up/down label per example, log-probs summed over response
 tokens). Losses are per example in input order; the loop's mean over B equals TRL's ``nanmean`` over
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from alignkit.objectives.base import (
@@ -20,6 +26,7 @@ from alignkit.objectives.base import (
     register,
     require_reference,
 )
+from alignkit.objectives.params import Params
 from alignkit.objectives.preference import log_ratios, logits_metric, pair_metrics
 
 
@@ -38,10 +45,18 @@ def _class_metrics(logps: UnpairedLogps, rewards: Tensor) -> dict[str, Tensor]:
     return metrics
 
 
-@register("kto", inputs="unpaired")
+class KTOParams(Params):
+    """Parameters of :func:`kto`."""
+
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (paper and TRL: 0.1)")
+    desirable_weight: float = Field(1.0, ge=0, description="λ_D, loss weight of desirable examples (TRL: 1.0)")
+    undesirable_weight: float = Field(1.0, ge=0, description="λ_U, loss weight of undesirable examples (TRL: 1.0)")
+
+
+@register("kto", inputs="unpaired", params=KTOParams)
 def kto(logps: UnpairedLogps, *, beta: float = 0.1, desirable_weight: float = 1.0,
         undesirable_weight: float = 1.0) -> ObjectiveOutput:
-    """KTO (Ethayarajh et al., 2024), TRL ``KTOTrainer(loss_type="kto")``.
+    """KTO (Ethayarajh et al., ICML 2024, arXiv 2402.01306), TRL ``KTOTrainer(loss_type="kto")``.
 
     ``r = log π_θ(y|x) - log π_ref(y|x)`` (summed), ``z0 = clamp_min(mean(kl_policy - kl_ref), 0).detach()``
     where ``kl_*`` are log-probs of mismatched (prompt_i, completion_{i+1}) pairs from the same batch.
@@ -81,18 +96,35 @@ def _running_delta(state: dict[str, float], rewards: Tensor, training: bool) -> 
     return delta
 
 
-@register("bco", inputs="unpaired", stateful=True)
+class BCOParams(Params):
+    """Parameters of :func:`bco` (``weights`` is a per-batch tensor, given only through the Python API)."""
+
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (TRL: 0.1)")
+    min_density_ratio: float = Field(0.5, ge=0, description="lower clamp of the UDM density-ratio weights (TRL: 0.5)")
+    max_density_ratio: float = Field(10.0, gt=0, description="upper clamp of the UDM density-ratio weights (TRL: 10)")
+
+    @field_validator("max_density_ratio")
+    @classmethod
+    def _at_least_min(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_density_ratio")
+        if low is not None and value < low:
+            raise ValueError(f"must be >= min_density_ratio ({low})")
+        return value
+
+
+@register("bco", inputs="unpaired", stateful=True, params=BCOParams)
 def bco(logps: UnpairedLogps, *, state: dict[str, float], beta: float = 0.1, training: bool = True,
         weights: Tensor | None = None, min_density_ratio: float = 0.5,
         max_density_ratio: float = 10.0) -> ObjectiveOutput:
-    """BCO (Jung et al., 2024), TRL's ``BCOTrainer.bco_loss`` (not shipped in trl 1.16; read upstream).
+    """BCO (Jung et al., ACL 2025, arXiv 2404.04656), TRL's ``BCOTrainer.bco_loss`` (not in trl 1.16).
 
     ``r = β·(log π_θ - log π_ref)`` (summed); δ = running mean of all rewards (see ``_running_delta``).
     Desirable: ``-log σ(r - δ)``; undesirable: ``-w·log σ(-(r - δ))``. ``weights`` are the
     underlying-distribution-matching density ratios ``p/(1-p)``, ``p = P(desirable | prompt embedding)``
-    from a classifier the caller fits; they are clamped to [min_density_ratio, max_density_ratio] and
-    apply to undesirable examples only (desirable weight 1). ``state`` is owned and checkpointed by the
-    loop; ``training=False`` leaves δ unchanged. Defaults: β = 0.1, ratios clamped to [0.5, 10] (TRL).
+    from a classifier the caller fits (Python API only: a config cannot pass a tensor); they are clamped
+    to [min_density_ratio, max_density_ratio] and apply to undesirable examples only (desirable weight 1).
+    ``state`` is owned and checkpointed by the loop; ``training=False`` leaves δ unchanged.
+    Defaults: β = 0.1, ratios clamped to [0.5, 10] (TRL).
     """
     require_reference(logps, "bco")
     assert logps.ref is not None
@@ -111,16 +143,24 @@ def bco(logps: UnpairedLogps, *, state: dict[str, float], beta: float = 0.1, tra
     return ObjectiveOutput(loss, metrics)
 
 
-@register("bco_pair", stateful=True)
+class BCOPairParams(Params):
+    """Parameters of :func:`bco_pair`."""
+
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (TRL: 0.1)")
+    use_running_delta: bool = Field(True, description="shift rewards by their running mean δ (False: δ = 0, TRL 1.16)")
+
+
+@register("bco_pair", stateful=True, params=BCOPairParams)
 def bco_pair(logps: PairLogps, *, state: dict[str, float], beta: float = 0.1, training: bool = True,
              use_running_delta: bool = True) -> ObjectiveOutput:
-    """Paired BCO, TRL ``DPOTrainer(loss_type="bco_pair")``.
+    """Paired BCO (Jung et al., ACL 2025, arXiv 2404.04656), TRL ``DPOTrainer(loss_type="bco_pair")``.
 
     ``L = -log σ(r_w - δ) - log σ(-(r_l - δ))`` with ``r = β·h`` on summed log-ratios and δ the running
-    mean of all chosen and rejected rewards (METHODS.md 5b; older TRL). ``use_running_delta=False`` fixes
-    δ = 0, which is exactly TRL 1.16's bco_pair (it dropped the running shift). Older TRL folded in each
-    batch's *mean* reward with weight 1 and also updated during evaluation; alignkit weighs every reward
-    (same δ for equal batch sizes) and updates only when ``training``. Default β = 0.1.
+    mean of all chosen and rejected rewards (the paper's reward shift; older TRL).
+    ``use_running_delta=False`` fixes δ = 0, which is exactly TRL 1.16's bco_pair (it dropped the running
+    shift). Older TRL folded in each batch's *mean* reward with weight 1 and also updated during evaluation;
+    alignkit weighs every reward (same δ for equal batch sizes) and updates only when ``training``.
+    Defaults: β = 0.1, running δ on.
     """
     require_reference(logps, "bco_pair")
     hw, hl = log_ratios(logps)

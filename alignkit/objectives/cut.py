@@ -1,7 +1,7 @@
-"""CUT: Contrastive Unlikelihood Training (METHODS.md §7; confidence HIGH).
+"""CUT: Contrastive Unlikelihood Training (confidence HIGH).
 
-Paper: Xu et al., "Reasons to Reject? Aligning Language Models with Judgments", 2023. Reference code:
-``wwxu21/CUT`` (``modeling_llama_unlikelihood.py``).
+Paper: Xu, Cai, Zhang, Lam, Shi, "Reasons to Reject? Aligning Language Models with Judgments", Findings of
+ACL 2024, arXiv 2312.14591. Reference code: ``github.com/wwxu21/CUT`` (``modeling_llama_unlikelihood.py``).
 
 Data are triplets (instruction x, response y, judgment j). A response is *positive* when it has no
 judgment (or scores >= 7) and *negative* otherwise. A negative response is scored twice in one batch:

@@ -1,4 +1,4 @@
-"""DCKD and ADPA: preference distillation into a small student (METHODS.md §10).
+"""DCKD and ADPA: preference distillation into a small student.
 
 Paper: Gao et al., "Advantage-Guided Distillation for Preference Alignment in Small Language Models",
 ICLR 2025, arXiv 2502.17927. Loss structure: confidence HIGH (trainer code read). Weights: LOW — the
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from alignkit.objectives.base import ObjectiveOutput, mean
 
-STUDENT_PROB_FLOOR = 1e-7  # §10: student probs are clamped >= 1e-7 before the log in the KL
+STUDENT_PROB_FLOOR = 1e-7  # as in the reference trainer: student probs are clamped >= 1e-7 before the KL's log
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -1,11 +1,11 @@
-"""GRAO: Group Relative Alignment Optimization (METHODS.md §9; [reconstruction], confidence LOW).
+"""GRAO: Group Relative Alignment Optimization ([reconstruction], confidence LOW).
 
 Paper: Wang et al. (AntGroup), "Learning to Align, Aligning to Learn: A Unified Approach for
 Self-Optimized Alignment", arXiv 2508.07750, 2025. The paper's equations were not available; what is
 confirmed is the shape: G policy samples per query scored by a reward model, GRPO-style intra-group
 normalised advantages, and a reference answer y* that takes part in the group comparison.
 
-The reconstruction implemented here (METHODS.md §9, verbatim)::
+The reconstruction implemented here::
 
     {o_1..o_G} ~ π_θ_old(·|x);  r_i = R(x, o_i);  r* = R(x, y*)
     Â_i, Â* = (r − mean(r_1..r_G, r*)) / std(r_1..r_G, r*)        normalised over all G+1 rewards

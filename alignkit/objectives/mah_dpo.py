@@ -1,4 +1,4 @@
-"""MAH-DPO: Multi-Action-Head DPO (METHODS.md §12; confidence HIGH).
+"""MAH-DPO: Multi-Action-Head DPO (confidence HIGH).
 
 Paper: "Simultaneous Multi-objective Alignment Across Verifiable and Non-verifiable Rewards",
 arXiv 2510.01167. Reference code: ``pearls-lab/multiobj-align`` (``mah_dpo/multihead_model.py``,

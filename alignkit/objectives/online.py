@@ -1,6 +1,7 @@
 """Online IPO and IPO-MD losses.
 
-Paper: Calandriello et al., "Human Alignment of LLMs through Online Preference Optimisation", ICML 2024.
+Paper: Calandriello et al., "Human Alignment of Large Language Models through Online Preference
+Optimisation", ICML 2024, arXiv 2403.08635. IPO itself: Azar et al., AISTATS 2024, arXiv 2310.12036.
 Confidence: IPO loss and mixture sampling HIGH (TRL); soft-label online-IPO form MEDIUM; the paper's
 τ and β values LOW (TRL's Nash-MD default mixture coefficient is 0.5).
 

@@ -1,4 +1,4 @@
-"""PoFT: Preference-Oriented supervised Fine-Tuning (METHODS.md §8; [reconstruction], confidence LOW-MEDIUM).
+"""PoFT: Preference-Oriented supervised Fine-Tuning ([reconstruction], confidence LOW-MEDIUM).
 
 Paper: Fan et al., "Favoring Target Model Over Aligned LLMs", AAAI 2025, arXiv 2412.12865.
 

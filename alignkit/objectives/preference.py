@@ -1,4 +1,12 @@
-"""Pairwise preference objectives of the DPO family (METHODS.md sections 1, 2a, 3, 4; TRL conventions).
+"""Pairwise preference objectives of the DPO family, following TRL's conventions.
+
+Papers: DPO (Rafailov et al., NeurIPS 2023, arXiv 2305.18290) and its conservative variant cDPO (Mitchell,
+2023 note "A note on DPO with noisy preferences & relationship to IPO"); robust DPO (Chowdhury et al.,
+ICML 2024, arXiv 2403.00409); IPO (Azar et al., AISTATS 2024, arXiv 2310.12036); the RSO hinge (Liu et al.,
+ICLR 2024, arXiv 2309.06657); SLiC-HF (Zhao et al., 2023, arXiv 2305.10425); RPO (Liu et al., NeurIPS 2024,
+arXiv 2405.16436); ORPO (Hong et al., EMNLP 2024, arXiv 2403.07691); SimPO (Meng et al., NeurIPS 2024,
+arXiv 2405.14734). Each function's docstring states its formula and defaults; each has a :class:`Params`
+model with the same keyword parameters, defaults and allowed ranges, checked when a config loads.
 
 Every function takes a :class:`PairLogps` whose log-probs are *summed* over response tokens and returns
 a per-example loss [B] plus scalar metrics. Objectives that need per-token averages (IPO, ORPO, SimPO and
@@ -95,13 +103,15 @@ def _conservative_sigmoid(z: Tensor, label_smoothing: float) -> Tensor:
 
 
 class DPOParams(Params):
+    """Parameters of :func:`dpo`."""
+
     beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (paper and TRL: 0.1)")
     label_smoothing: float = Field(0.0, ge=0, le=0.5, description="cDPO: assumed label-flip rate ε (0 = DPO)")
 
 
 @register("dpo", params=DPOParams)
 def dpo(logps: PairLogps, *, beta: float = 0.1, label_smoothing: float = 0.0) -> ObjectiveOutput:
-    """DPO (Rafailov et al., NeurIPS 2023), with the conservative cDPO variant via label smoothing.
+    """DPO (Rafailov et al., NeurIPS 2023, arXiv 2305.18290), with cDPO (Mitchell, 2023) via label smoothing.
 
     ``L = -(1-ε)·log σ(β·Δ) - ε·log σ(-β·Δ)``, ``Δ = h(y_w) - h(y_l)``, ``h = log π_θ - log π_ref``
     on summed log-probs. ε = 0 is plain DPO and equals TRL 1.16 ``DPOTrainer(loss_type="sigmoid")``;
@@ -115,9 +125,18 @@ def dpo(logps: PairLogps, *, beta: float = 0.1, label_smoothing: float = 0.0) ->
     return ObjectiveOutput(loss, pair_metrics(logps, beta * hw, beta * hl))
 
 
-@register("robust_dpo")
+class RobustDPOParams(Params):
+    """Parameters of :func:`robust_dpo`."""
+
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (TRL: 0.1)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5,
+                                   description="assumed label-flip rate ε; the loss divides by 1 - 2ε")
+
+
+@register("robust_dpo", params=RobustDPOParams)
 def robust_dpo(logps: PairLogps, *, beta: float = 0.1, label_smoothing: float = 0.0) -> ObjectiveOutput:
-    """Robust DPO (Chowdhury et al., 2024, "Provably Robust DPO"), TRL ``loss_type="robust"``.
+    """Robust DPO (Chowdhury, Kini, Natarajan, "Provably Robust DPO: Aligning Language Models with Noisy
+    Feedback", ICML 2024, arXiv 2403.00409), TRL ``loss_type="robust"``.
 
     ``L = [-(1-ε)·log σ(β·Δ) + ε·log σ(-β·Δ)] / (1 - 2ε)``: an unbiased estimate of the clean-label DPO
     loss when each preference label is flipped with probability ε. ε = 0 reduces to DPO, so set
@@ -133,9 +152,16 @@ def robust_dpo(logps: PairLogps, *, beta: float = 0.1, label_smoothing: float = 
     return ObjectiveOutput(loss, pair_metrics(logps, beta * hw, beta * hl))
 
 
-@register("ipo")
+class IPOParams(Params):
+    """Parameters of :func:`ipo`."""
+
+    beta: float = Field(0.1, gt=0, description="τ, the IPO regulariser: target margin 1/(2τ) per token (TRL: 0.1)")
+
+
+@register("ipo", params=IPOParams)
 def ipo(logps: PairLogps, *, beta: float = 0.1) -> ObjectiveOutput:
-    """IPO (Azar et al., 2023), TRL ``loss_type="ipo"``.
+    """IPO (Azar et al., "A General Theoretical Paradigm to Understand Learning from Human Preferences",
+    AISTATS 2024, arXiv 2310.12036), TRL ``loss_type="ipo"``.
 
     ``L = (Δ̄ - 1/(2τ))²`` where ``Δ̄ = h(y_w)/|y_w| - h(y_l)/|y_l|`` uses **per-token averaged**
     log-ratios (TRL's length normalisation, confirmed by the IPO authors; summed ratios make the squared
@@ -154,9 +180,16 @@ def ipo(logps: PairLogps, *, beta: float = 0.1) -> ObjectiveOutput:
     return ObjectiveOutput(loss, metrics)
 
 
-@register("hinge")
+class HingeParams(Params):
+    """Parameters of :func:`hinge`."""
+
+    beta: float = Field(0.1, gt=0, description="inverse margin: the hinge wants a log-ratio margin of 1/β (TRL: 0.1)")
+
+
+@register("hinge", params=HingeParams)
 def hinge(logps: PairLogps, *, beta: float = 0.1) -> ObjectiveOutput:
-    """Reference-normalised hinge (RSO, Liu et al. 2023; what most toolkits call "SLiC"), TRL "hinge".
+    """Reference-normalised hinge (RSO: Liu et al., "Statistical Rejection Sampling Improves Preference
+    Optimization", ICLR 2024, arXiv 2309.06657; what most toolkits call "SLiC"), TRL ``loss_type="hinge"``.
 
     ``L = relu(1 - β·Δ)`` on summed log-ratios, i.e. a margin of 1/β in log-ratio units. Default β = 0.1
     (TRL). For the original raw-likelihood SLiC-HF loss use ``slic``.
@@ -169,14 +202,23 @@ def hinge(logps: PairLogps, *, beta: float = 0.1) -> ObjectiveOutput:
     return ObjectiveOutput(torch.relu(slack), metrics)
 
 
-@register("slic", needs_reference=False)
+class SLiCParams(Params):
+    """Parameters of :func:`slic`."""
+
+    delta: float = Field(1.0, ge=0, description="δ, the hinge margin on raw summed log-likelihoods (paper: 1.0)")
+    nll_weight: float = Field(0.5, ge=0, description="λ, weight of the chosen response's token-mean NLL")
+
+
+@register("slic", needs_reference=False, params=SLiCParams)
 def slic(logps: PairLogps, *, delta: float = 1.0, nll_weight: float = 0.5) -> ObjectiveOutput:
-    """SLiC-HF (Zhao et al., 2023), original reference-free form.
+    """SLiC-HF (Zhao et al., "SLiC-HF: Sequence Likelihood Calibration with Human Feedback", 2023,
+    arXiv 2305.10425), original reference-free form.
 
     ``L = max(0, δ - log π(y+|x) + log π(y-|x)) + λ·NLL(y+)`` with **raw summed** log-likelihoods in the
     hinge and the token-mean NLL of the chosen response as the regulariser (the paper regularises towards
     SFT targets y_ref; the chosen responses stand in for them). Defaults: δ = 1.0 (paper), λ = 0.5
-    **[LOW confidence; verify against the paper]**. Without λ the hinge can push both likelihoods down.
+    **[LOW confidence: not checked against the paper's tables]**. Without λ the hinge can push both
+    likelihoods down.
     """
     margin = logps.chosen.float() - logps.rejected.float()
     slack = delta - margin
@@ -193,10 +235,20 @@ def slic(logps: PairLogps, *, delta: float = 1.0, nll_weight: float = 0.5) -> Ob
     return ObjectiveOutput(torch.relu(slack) + nll_weight * nll, metrics)
 
 
-@register("rpo")
+class RPOParams(Params):
+    """Parameters of :func:`rpo`."""
+
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature β (also scales the NLL term)")
+    eta: float = Field(1.0, ge=0, description="η, weight of the chosen-response NLL relative to β (term η·β·NLL)")
+    nll_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="NLL per chosen response: token mean (TRL convention) or token sum")
+
+
+@register("rpo", params=RPOParams)
 def rpo(logps: PairLogps, *, beta: float = 0.1, eta: float = 1.0,
         nll_reduction: Literal["mean", "sum"] = "mean") -> ObjectiveOutput:
-    """RPO (Liu et al., NeurIPS 2024, "Your SFT Loss is Implicitly an Adversarial Regularizer"), Alg. 2.
+    """RPO (Liu et al., "Provably Mitigating Overoptimization in RLHF: Your SFT Loss is Implicitly an
+    Adversarial Regularizer", NeurIPS 2024, arXiv 2405.16436), Algorithm 2.
 
     ``L = L_DPO + η·β·NLL(y_w)``. The baseline distribution π_base of the paper is taken to be the
     **chosen responses** of the preference data. ``nll_reduction="mean"`` (default) uses the token-mean
@@ -204,7 +256,8 @@ def rpo(logps: PairLogps, *, beta: float = 0.1, eta: float = 1.0,
     ``loss_weights=[1, η·β]`` when chosen lengths are equal, since TRL averages over all chosen tokens of
     the batch rather than per example); ``"sum"`` uses the token-sum NLL, which keeps η·β on the scale of
     DPO's summed log-ratios. Defaults: β = 0.1, η = 1.0 **[LOW confidence; paper value not verified]**.
-    Not to be confused with TRL's old ``rpo_alpha`` (Pang et al. 2024, iterative RPO).
+    Not to be confused with TRL's old ``rpo_alpha`` (Pang et al., "Iterative Reasoning Preference
+    Optimization", 2024, arXiv 2404.19733).
     """
     require_reference(logps, "rpo")
     if nll_reduction not in ("mean", "sum"):
@@ -225,9 +278,16 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
-@register("orpo", needs_reference=False)
+class ORPOParams(Params):
+    """Parameters of :func:`orpo`."""
+
+    beta: float = Field(0.1, ge=0, description="λ, weight of the odds-ratio term next to the NLL (paper and TRL: 0.1)")
+
+
+@register("orpo", needs_reference=False, params=ORPOParams)
 def orpo(logps: PairLogps, *, beta: float = 0.1) -> ObjectiveOutput:
-    """ORPO (Hong et al., 2024), TRL ``ORPOTrainer``; reference-free.
+    """ORPO (Hong, Lee, Thorne, "ORPO: Monolithic Preference Optimization without Reference Model",
+    EMNLP 2024, arXiv 2403.07691), TRL ``ORPOTrainer``; reference-free.
 
     ``L = NLL(y_w) - λ·log σ(log odds(y_w) - log odds(y_l))`` with ``odds(y) = p/(1-p)`` and
     ``log p`` the **mean** per-token log-prob. NLL is the token-mean NLL of the chosen response, per
@@ -248,10 +308,19 @@ def orpo(logps: PairLogps, *, beta: float = 0.1) -> ObjectiveOutput:
     return ObjectiveOutput(nll - beta * ratio, metrics)
 
 
-@register("simpo", needs_reference=False)
+class SimPOParams(Params):
+    """Parameters of :func:`simpo`."""
+
+    beta: float = Field(2.0, gt=0, description="β, scale of the length-normalised reward (SimPO repo: 2.0)")
+    gamma_beta_ratio: float = Field(0.5, ge=0, description="γ/β, the target reward margin over β (SimPO repo: 0.5)")
+    label_smoothing: float = Field(0.0, ge=0, le=0.5, description="conservative (cDPO-style) label-flip rate ε")
+
+
+@register("simpo", needs_reference=False, params=SimPOParams)
 def simpo(logps: PairLogps, *, beta: float = 2.0, gamma_beta_ratio: float = 0.5,
           label_smoothing: float = 0.0) -> ObjectiveOutput:
-    """SimPO (Meng et al., NeurIPS 2024), TRL ``CPOTrainer(loss_type="simpo", cpo_alpha=0)``; reference-free.
+    """SimPO (Meng, Xia, Chen, "SimPO: Simple Preference Optimization with a Reference-Free Reward",
+    NeurIPS 2024, arXiv 2405.14734), TRL ``CPOTrainer(loss_type="simpo", cpo_alpha=0)``; reference-free.
 
     ``L = -log σ(β·(avg_w - avg_l) - γ)`` with mean per-token log-probs and ``γ = gamma_beta_ratio·β``
     (the SimPO repo's parametrisation). TRL's ``simpo_gamma`` is γ itself (it subtracts simpo_gamma/β

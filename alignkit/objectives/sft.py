@@ -1,12 +1,17 @@
-"""Supervised fine-tuning on the chosen responses of preference pairs."""
+"""Supervised fine-tuning on the chosen responses of preference pairs (no paper: plain maximum likelihood)."""
 
 from __future__ import annotations
 
 from alignkit.objectives.base import ObjectiveOutput, PairLogps, mean, register
+from alignkit.objectives.params import Params
 from alignkit.objectives.preference import logits_metric, token_mean
 
 
-@register("sft", needs_reference=False)
+class SFTParams(Params):
+    """:func:`sft` has no parameters; its weight in a mixture is the objective's ``weight``."""
+
+
+@register("sft", needs_reference=False, params=SFTParams)
 def sft(logps: PairLogps) -> ObjectiveOutput:
     """SFT: token-mean negative log-likelihood of the chosen response, per example; reference-free.
 

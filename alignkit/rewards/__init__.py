@@ -1,14 +1,15 @@
-"""Reward and preference sources: verifiers, reward models, judges (see ``sources``)."""
+"""Rewards and preferences: verifiers, the reward-model scorer, LM judges, and the sources built from them.
 
-from alignkit.rewards.sources import (
-    JudgePreference,
-    PreferenceSource,
-    RewardModel,
-    RewardSource,
-    VerifierReward,
-    build_source,
-    prompt_text,
-)
+``base`` (the reward/preference interfaces), ``reward_model`` (:class:`RewardModel`, one scorer for eval and
+training), ``judge`` (pairwise judging in both orders, :class:`LMJudge`), ``sources`` (:func:`build_source`).
+This package imports the engine and ``data``, never ``eval`` or ``train``.
+"""
 
-__all__ = ["JudgePreference", "PreferenceSource", "RewardModel", "RewardSource", "VerifierReward",
-           "build_source", "prompt_text"]
+from alignkit.rewards.base import PreferenceSource, RewardSource, prompt_text
+from alignkit.rewards.judge import JUDGE_INSTRUCTION, Judge, LMJudge, compare, judge_pair
+from alignkit.rewards.reward_model import RewardModel, load_reward_model
+from alignkit.rewards.sources import JudgePreference, VerifierReward, build_source
+
+__all__ = ["JUDGE_INSTRUCTION", "Judge", "JudgePreference", "LMJudge", "PreferenceSource", "RewardModel",
+           "RewardSource", "VerifierReward", "build_source", "compare", "judge_pair", "load_reward_model",
+           "prompt_text"]

@@ -1,14 +1,14 @@
 """Reward and preference sources for methods that score their own samples (GRAO, online IPO / DPO).
 
-Two interfaces, both batched over plain-text (prompt, response) items:
-
-* a **reward source** has ``rewards(prompts, responses) -> Tensor[N]`` (one scalar per response);
-* a **preference source** has ``preferences(prompts, first, second) -> Tensor[N]``, p = P(first ≻ second).
-
-Every reward source is also a preference source: :class:`RewardModel` through Bradley-Terry,
-p = σ(r(y) − r(y')); :class:`VerifierReward` (rewards 1/0) as p = (1 + r(y) − r(y'))/2, i.e. 1, ½ or 0.
-:class:`JudgePreference` only compares, asking an LM judge in both orders and symmetrising
-(METHODS.md §2b: a pairwise model is order-sensitive).
+The interfaces (``RewardSource``, ``PreferenceSource``) are in :mod:`alignkit.rewards.base`. Every reward
+source is also a preference source: ``RewardModel`` (:mod:`alignkit.rewards.reward_model`) through
+Bradley-Terry, p = σ(r(y) − r(y')); :class:`VerifierReward` (rewards 1/0) as p = (1 + r(y) − r(y'))/2, i.e.
+1, ½ or 0. :class:`JudgePreference` only compares. An LM judge is order-sensitive (position bias: Zheng et
+al., "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena", NeurIPS 2023 Datasets and Benchmarks,
+arXiv:2306.05685), while the preference model of online IPO and Nash-MD satisfies P(y ≻ y') = 1 − P(y' ≻ y)
+(Munos et al., "Nash Learning from Human Feedback", ICML 2024, arXiv:2312.00886; Calandriello et al.,
+"Human Alignment of Large Language Models through Online Preference Optimisation", ICML 2024,
+arXiv:2403.08635), so the judge is asked in both orders and the answers symmetrised.
 
 :func:`build_source` turns a config value into a source: ``"verifier"``, ``{type: reward_model, model:
 <dir or hub id>}``, ``{type: judge, model: <builtin name, dir or hub id>}``, or ``"package.module:attr"``
@@ -19,49 +19,21 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from alignkit.data.records import Text
-from alignkit.data.tokenize import to_messages
-
-
-@runtime_checkable
-class PreferenceSource(Protocol):
-    def preferences(self, prompts: Sequence[Text], first: Sequence[str], second: Sequence[str]) -> Tensor:
-        """P(first ≻ second | prompt) per item, float [N] in [0, 1]."""
-
-
-@runtime_checkable
-class RewardSource(PreferenceSource, Protocol):
-    def rewards(self, prompts: Sequence[Text], responses: Sequence[str]) -> Tensor:
-        """Scalar reward per item, float [N]."""
-
-    def preference_from_rewards(self, first: Tensor, second: Tensor) -> Tensor:
-        """P(first ≻ second) from the two responses' rewards."""
-
-
-def _check_lengths(*columns: Sequence) -> None:
-    if len({len(c) for c in columns}) > 1:
-        raise ValueError(f"prompts and responses differ in length: {[len(c) for c in columns]}")
-
-
-def prompt_text(prompt: Text) -> str:
-    """A prompt as one string (the last user turn of a conversation): what verifiers and judges read."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m for m in to_messages(prompt) if m["role"] == "user"]
-    return users[-1]["content"] if users else to_messages(prompt)[-1]["content"]
-
-
-def _preferences_from_rewards(source, prompts: Sequence[Text], first: Sequence[str], second: Sequence[str]
-                              ) -> Tensor:
-    _check_lengths(prompts, first, second)
-    both = source.rewards(list(prompts) * 2, list(first) + list(second))  # one batched scoring call
-    n = len(prompts)
-    return source.preference_from_rewards(both[:n], both[n:])
+from alignkit.rewards.base import (
+    PreferenceSource,
+    RewardSource,
+    check_lengths,
+    preferences_from_rewards,
+    prompt_text,
+)
+from alignkit.rewards.judge import LMJudge, judge_pair
+from alignkit.rewards.reward_model import RewardModel
 
 
 class VerifierReward:
@@ -76,7 +48,7 @@ class VerifierReward:
     def rewards(self, prompts: Sequence[Text], responses: Sequence[str]) -> Tensor:
         from alignkit.data.synthetic import verify
 
-        _check_lengths(prompts, responses)
+        check_lengths(prompts, responses)
         out = []
         for prompt, response in zip(prompts, responses, strict=True):
             try:
@@ -88,7 +60,7 @@ class VerifierReward:
         return torch.tensor(out, dtype=torch.float32)
 
     def preferences(self, prompts: Sequence[Text], first: Sequence[str], second: Sequence[str]) -> Tensor:
-        return _preferences_from_rewards(self, prompts, first, second)
+        return preferences_from_rewards(self, prompts, first, second)
 
     @staticmethod
     def preference_from_rewards(first: Tensor, second: Tensor) -> Tensor:
@@ -96,73 +68,15 @@ class VerifierReward:
         return (1.0 + first.float() - second.float()).clamp(0.0, 2.0) / 2
 
 
-class RewardModel:
-    """A Hugging Face sequence-classification reward model: r(x, y) is the logit of its single label.
-
-    The text is the reward model's own chat template applied to [user prompt, assistant response] when its
-    tokenizer has one, else ``prompt + "\\n\\n" + response``. Preferences are Bradley-Terry,
-    p = σ((r(y) − r(y'))/temperature).
-    """
-
-    def __init__(self, model, tokenizer=None, batch_size: int = 16, max_length: int = 1024,
-                 temperature: float = 1.0, device: str | torch.device | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        if isinstance(model, str):
-            if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(model)
-            model = AutoModelForSequenceClassification.from_pretrained(model)
-        if tokenizer is None:
-            raise ValueError("RewardModel: pass the tokenizer along with a loaded model")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if model.config.pad_token_id is None:  # sequence classifiers pool at the last non-pad token
-            model.config.pad_token_id = tokenizer.pad_token_id
-        if device is not None:
-            model.to(device)
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.batch_size, self.max_length, self.temperature = batch_size, max_length, temperature
-
-    def render(self, prompt: Text, response: str) -> str:
-        messages = to_messages(prompt) + [{"role": "assistant", "content": response}]
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return prompt_text(prompt) + "\n\n" + response
-
-    @torch.no_grad()
-    def rewards(self, prompts: Sequence[Text], responses: Sequence[str]) -> Tensor:
-        _check_lengths(prompts, responses)
-        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        device = next(self.model.parameters()).device
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            # A rendered template already holds BOS and role markers.
-            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length, add_special_tokens=False)
-            logits = self.model(input_ids=enc["input_ids"].to(device),
-                                attention_mask=enc["attention_mask"].to(device)).logits
-            out.append(logits[:, 0].float().cpu())
-        return torch.cat(out) if out else torch.zeros(0)
-
-    def preferences(self, prompts: Sequence[Text], first: Sequence[str], second: Sequence[str]) -> Tensor:
-        return _preferences_from_rewards(self, prompts, first, second)
-
-    def preference_from_rewards(self, first: Tensor, second: Tensor) -> Tensor:
-        return torch.sigmoid((first.float() - second.float()) / self.temperature)
-
-
 class JudgePreference:
-    """Pairwise preferences from a judge (``alignkit.eval.judge.LMJudge`` or any ``(prompt, a, b) -> P(a)``),
-    asked in both orders: p = ½·[J(a, b) + 1 − J(b, a)]."""
+    """Pairwise preferences from a judge (:class:`~alignkit.rewards.judge.LMJudge` or any
+    ``(prompt, a, b) -> P(a)``), asked in both orders: p = ½·[J(a, b) + 1 − J(b, a)]."""
 
     def __init__(self, judge):
         self.judge = judge
 
     def preferences(self, prompts: Sequence[Text], first: Sequence[str], second: Sequence[str]) -> Tensor:
-        from alignkit.eval.judge import judge_pair
-
-        _check_lengths(prompts, first, second)
+        check_lengths(prompts, first, second)
         return torch.tensor([judge_pair(self.judge, prompt_text(p), a, b)
                              for p, a, b in zip(prompts, first, second, strict=True)], dtype=torch.float32)
 
@@ -194,7 +108,6 @@ def build_source(spec: Any, device: str | torch.device | None = None, log=print)
             raise ValueError("reward_model source: give 'model' (a directory or hub id)")
         return RewardModel(str(model), device=device, **options)
     if kind == "judge":
-        from alignkit.eval.judge import LMJudge
         from alignkit.models import load_model
 
         name = options.pop("model", None)

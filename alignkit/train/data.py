@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignkit.data.readers import load_records
 from alignkit.data.records import BinaryFeedback, PreferencePair, RankedGroup
+from alignkit.data.splits import split_and_cap
 from alignkit.data.synthetic import make_synthetic
-from alignkit.data.synthetic_extra import split_and_cap
 from alignkit.data.tokenize import (
     EncodedExample,
     EncodedPair,
@@ -31,10 +32,17 @@ class RunData:
     eval_encoded: list[EncodedPair] | list[EncodedExample]
 
 
+def rejected_rows_path(run_dir, config: TrainConfig, source: str) -> Path:
+    """Where the rows skipped from ``source`` go: one file per split, ``rejected_rows_train.jsonl`` or
+    ``rejected_rows_eval.jsonl`` (written only when that split has rejections)."""
+    split = "train" if source == config.data.train else "eval"
+    return Path(run_dir) / f"rejected_rows_{split}.jsonl"
+
+
 def _load(source: str, config: TrainConfig, run_dir, log) -> list:
     records = load_records(source, kind=config.data.kind, column_map=config.data.column_map,
                            on_invalid=config.data.on_invalid,
-                           rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log).records
+                           rejected_rows_path=rejected_rows_path(run_dir, config, source), log=log).records
     expanded = []
     for record in records:  # ranked groups feed pairwise objectives as all their strict pairs
         expanded.extend(record.to_pairs() if isinstance(record, RankedGroup) else [record])

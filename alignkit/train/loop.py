@@ -203,7 +203,10 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     eval_metrics: dict[str, float] = {}
     last_good = latest_checkpoint(out_dir)
 
-    if state.step == 0 and config.eval_every:  # the baseline every later eval is compared with
+    evaluate = bool(eval_items)
+    if not evaluate:
+        log("no eval split (data.eval unset and eval_fraction 0, or max_eval_examples 0): evals are skipped")
+    if state.step == 0 and config.eval_every and evaluate:  # the baseline every later eval is compared with
         eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
                                        state.objective_state)
         run_log.write(0, "eval", eval_metrics)
@@ -252,7 +255,7 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                 run_log.write(state.step, "train", last_metrics)
             progress.update(state.step, last_metrics)
 
-            if config.eval_every and state.step % config.eval_every == 0 and state.step < config.max_steps:
+            if evaluate and config.eval_every and state.step % config.eval_every == 0 and state.step < config.max_steps:
                 eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
                                                state.objective_state)
                 run_log.write(state.step, "eval", eval_metrics)
@@ -269,9 +272,10 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                 run_log.close()
                 return RunResult(out_dir, out_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
 
-    eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed, state.objective_state)
-    run_log.write(state.step, "eval", eval_metrics)
-    log(f"final eval: {_short(eval_metrics)}")
+    if evaluate:
+        eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed, state.objective_state)
+        run_log.write(state.step, "eval", eval_metrics)
+        log(f"final eval: {_short(eval_metrics)}")
     final_dir = out_dir / "final"
     main_first(accelerator, lambda: save_final(accelerator.unwrap_model(model), tokenizer, config, final_dir, method))
     log(f"saved final model to {final_dir}")

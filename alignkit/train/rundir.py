@@ -1,7 +1,7 @@
 """What a run directory holds and how a run takes one over without losing anything.
 
 A run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``final/``,
-``rejected_rows_<split>.jsonl`` and ``tensorboard/``. A new run never deletes an earlier one by surprise:
+``rejected_rows_<split>.jsonl`` and ``trackers/``. A new run never deletes an earlier one by surprise:
 
 * without ``resume`` or ``overwrite``, a directory holding an earlier run is refused before anything heavy
   happens (the check runs before data or model loading);
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from alignkit.io import JsonlError, atomic_write_text, read_jsonl, remove_stale_siblings
 
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "tensorboard", "rejected_rows.jsonl")
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "tensorboard", "trackers", "rejected_rows.jsonl")
 RUN_GLOBS = ("rejected_rows_*.jsonl",)
 
 

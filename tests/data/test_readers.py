@@ -317,6 +317,22 @@ def test_ranked(write_jsonl, write_csv):
     assert str(error).endswith("line 1, field 'responses': responses[1] is empty")
 
 
+def test_ranked_groups_whose_scores_all_tie_are_counted_and_logged(write_jsonl):
+    rows = [{"prompt": "p", "responses": ["a", "b", "c"], "scores": [1, 1, 2]},
+            {"prompt": "q", "responses": ["x", "y", "z"], "scores": [3, 3, 3]},
+            {"prompt": "r", "responses": ["u", "v"], "ranks": [1, 1]}]
+    path = write_jsonl(rows)
+    logged: list[str] = []
+    result = load_records(path, "ranked", log=logged.append)
+    assert [len(group.to_pairs()) for group in result.records] == [2, 0, 0]
+    assert result.n_tied_groups == 2
+    assert logged == [f"2 of 3 ranked groups of {path} yield no preference pairs: all their scores tie"]
+    assert [list(group.pair_indices()) for group in result.records] == [[(2, 0), (2, 1)], [], []]
+    logged.clear()
+    assert load_records(write_jsonl(rows[:1], "untied.jsonl"), "ranked", log=logged.append).n_tied_groups == 0
+    assert logged == []
+
+
 # --------------------------------------------------------------------------------------------- validation
 
 
@@ -449,11 +465,16 @@ def test_skip_mode_counts_and_rejected_rows_file(write_jsonl, pair_rows, tmp_pat
     assert written[1]["error"] == f"{path}, line 4, field 'rejected': rejected is missing"
 
 
-def test_skip_mode_without_rejects_logs_nothing(write_jsonl, pair_rows, tmp_path):
+def test_skip_mode_without_rejects_logs_and_writes_nothing(write_jsonl, pair_rows, tmp_path):
+    # A split without rejections must not empty the rejected-rows file another split wrote (issue 20).
     logged: list[str] = []
+    (tmp_path / "r.jsonl").write_text('{"earlier": "rejection"}\n')
     load_records(write_jsonl(pair_rows), on_invalid="skip", rejected_rows_path=tmp_path / "r.jsonl",
                  log=logged.append)
-    assert logged == [] and (tmp_path / "r.jsonl").read_text() == ""
+    assert logged == [] and (tmp_path / "r.jsonl").read_text() == '{"earlier": "rejection"}\n'
+    load_records(write_jsonl(pair_rows), on_invalid="skip", rejected_rows_path=tmp_path / "new.jsonl",
+                 log=logged.append)
+    assert not (tmp_path / "new.jsonl").exists()
 
 
 def test_every_row_invalid_is_an_error_even_when_skipping(write_jsonl):

@@ -5,12 +5,13 @@ import re
 
 import pytest
 import torch
+import yaml
 from transformers import LlamaConfig, LlamaForSequenceClassification
 from typer.testing import CliRunner
 
 from alignkit.cli import app
 from alignkit.data import make_synthetic, write_jsonl
-from alignkit.eval.command import _default_out
+from alignkit.eval.pipeline import default_out as _default_out
 from alignkit.models import tiny_llama
 
 runner = CliRunner()
@@ -179,3 +180,22 @@ def test_eval_on_a_lora_adapter_directory(model_dirs, tmp_path, tokenizer):
     summary = json.loads((run / "eval" / "summary.json").read_text())
     # the adapter changes the model, so the implicit rewards against its own base are not all zero
     assert summary["preferences"]["rewards"]["margins"] != 0
+
+
+def test_eval_from_a_config_file_with_flags_and_overrides(model_dirs, tmp_path):
+    """`-c FILE`, then flags, then key=value overrides; the resolved config is written beside the summary."""
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"data: {{path: synthetic, max_examples: 3}}\nreference: {model_dirs['ref']}\n"
+                      "preferences: {beta: 0.3, alpha: 0.6}\nformat: jsonl\n")
+    out = tmp_path / "cfg"
+    result = invoke(model_dirs["policy"], "-c", str(config), "--beta", "0.2", "preferences.alpha=0.7",
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["preferences"]["n_examples"] == 3 and summary["reference"] == model_dirs["ref"]
+    assert summary["settings"]["beta"] == 0.2 and summary["settings"]["alpha"] == 0.7
+    resolved = yaml.safe_load((out / "eval" / "config.yaml").read_text())
+    assert resolved["preferences"]["beta"] == 0.2 and resolved["format"] == "jsonl"
+    assert (out / "eval" / "per_example.jsonl").is_file()
+    result = invoke(model_dirs["policy"], "-c", str(config), "preferences.beta=-1")
+    assert result.exit_code == 2 and "preferences.beta (--beta) must be > 0" in flat(result.output)

@@ -13,19 +13,14 @@ from alignkit.data import load_records, make_synthetic
 from alignkit.engine.layouts import collate
 from alignkit.engine.logprobs import sequence_logps
 from alignkit.eval import metrics
-from alignkit.eval.judge import compare
-from alignkit.eval.run import (
-    RewardModel,
-    encode_pairs,
-    evaluate_generations,
-    evaluate_preferences,
-    load_reward_model,
-    sample_token_ids,
-    score_pairs,
-    synthetic_verifier,
-    write_result,
-)
+from alignkit.eval.generations import evaluate_generations, synthetic_verifier
+from alignkit.eval.generations import exact_samples as sample_token_ids
+from alignkit.eval.preferences import encode_pairs, evaluate_preferences
+from alignkit.eval.preferences import score_encoded as score_pairs
+from alignkit.eval.writers import write_result
 from alignkit.models import tiny_llama
+from alignkit.rewards import RewardModel, load_reward_model
+from alignkit.rewards.judge import compare
 from tests.conftest import require_hh_rlhf
 
 BETA = 0.1
@@ -167,7 +162,7 @@ def test_alpha_edge_cases(models, tokenizer, pairs):
 
 
 def test_reference_is_the_policy(models, tokenizer, pairs):
-    """The brief's HH-RLHF setting: implicit rewards are trivially zero, and no second pass is made."""
+    """The HH-RLHF setting (reference = policy): implicit rewards are trivially zero, and no second pass is made."""
     res = evaluate_preferences(models["policy"], tokenizer, pairs[:3], reference=models["policy"], n_bootstrap=0)
     assert all(row["margin"] == 0 for row in res.per_example)
     assert res.summary["rewards"]["accuracies"] == 0.0  # ties count as incorrect

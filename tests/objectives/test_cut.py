@@ -1,4 +1,4 @@
-"""CUT (METHODS.md §7) against hand-computed values."""
+"""CUT (Xu et al., Findings of ACL 2024, arXiv 2312.14591) against hand-computed values."""
 
 import math
 

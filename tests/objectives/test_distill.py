@@ -1,4 +1,4 @@
-"""DCKD and ADPA (METHODS.md §10) against hand-computed values."""
+"""DCKD and ADPA (Gao et al., ICLR 2025, arXiv 2502.17927) against hand-computed values."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""GRAO (METHODS.md §9, reconstruction) against hand-computed values."""
+"""GRAO (Wang et al., arXiv 2508.07750; reconstruction) against hand-computed values."""
 
 import math
 

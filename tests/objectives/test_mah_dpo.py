@@ -1,4 +1,4 @@
-"""MAH-DPO (METHODS.md §12): the vector-preference loss by hand, and the multi-head wrapper on a tiny Llama."""
+"""MAH-DPO (arXiv 2510.01167): the vector-preference loss by hand, and the multi-head wrapper on a tiny Llama."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""PoFT (METHODS.md §8, reconstruction) against hand-computed values."""
+"""PoFT (Fan et al., AAAI 2025, arXiv 2412.12865; reconstruction) against hand-computed values."""
 
 import math
 

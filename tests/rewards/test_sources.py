@@ -7,8 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from alignkit.data.synthetic import make_synthetic
-from alignkit.eval.judge import LMJudge
 from alignkit.rewards import JudgePreference, RewardModel, VerifierReward, build_source
+from alignkit.rewards.judge import LMJudge
 
 
 def test_verifier_rewards_and_preferences():
@@ -84,3 +84,18 @@ def test_build_source(reward_model_dir):
         build_source({"type": "reward_model"})
     with pytest.raises(ValueError, match="module:attr"):
         build_source("no_such_source")
+
+
+def test_one_reward_model_scorer_truncates_the_prompt_never_the_response_end(reward_model_dir):
+    """The score is read at the last token, so a long input loses its start (the prompt), not its end."""
+    import alignkit.eval
+
+    assert alignkit.eval.RewardModel is RewardModel  # eval and the online methods share the scorer
+    rm = RewardModel(str(reward_model_dir), max_length=12)
+    long_prompt = "Please read this. " * 40
+    full = rm.tokenizer(rm.render(long_prompt, "The answer is 42."), add_special_tokens=False).input_ids
+    assert len(full) > 12 and rm.encode(long_prompt, "The answer is 42.") == full[-12:]
+    # Cut from the right (the old rewards scorer), both responses would vanish and score the same.
+    scores = rm.rewards([long_prompt] * 2, ["The answer is 42.", "No idea, sorry."])
+    assert scores[0] != scores[1]
+    assert rm([long_prompt], ["The answer is 42."]) == pytest.approx([float(scores[0])])

@@ -38,35 +38,53 @@ def keys(run_dir: Path) -> list[tuple[int, str]]:
     return [(row["step"], row["split"]) for row in read_jsonl(run_dir / "metrics.jsonl")]
 
 
+def kill_when(proc: subprocess.Popen, ready, delay: float) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` first holds; False if it finished first."""
+    while proc.poll() is None and not ready():
+        time.sleep(0.005)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
+
+
 @pytest.mark.slow
 def test_runs_killed_at_random_moments_resume_to_identical_weights(tmp_path):
     reference = tmp_path / "uninterrupted"
-    started = time.perf_counter()
     run_to_end(reference, "fresh")
-    full_seconds = time.perf_counter() - started
     expected = load_file(reference / "final" / "model.safetensors")
 
     rng = random.Random(0)
     out = tmp_path / "killed"
-    mode, kills, finished = "fresh", 0, False
-    for _ in range(6):
+    metrics = out / "metrics.jsonl"
+
+    def lines() -> int:
+        return metrics.read_text().count("\n") if metrics.exists() else 0
+
+    # kill points: during set-up, mid-step after k logged lines, mid-checkpoint, mid-final save
+    plan = [
+        (lambda: True, rng.uniform(1.0, 3.0)),
+        (lambda: lines() >= 2, rng.uniform(0.0, 0.3)),
+        (lambda: any(out.glob("checkpoints/.tmp-*")), 0.0),
+        (lambda: lines() >= 6, rng.uniform(0.0, 0.3)),
+        (lambda: any(out.glob(".tmp-final-*")), 0.0),
+        (lambda: lines() >= 9, rng.uniform(0.0, 0.1)),
+    ]
+    mode, kills = "fresh", 0
+    for ready, delay in plan:
         proc = start(out, mode)
-        # a random moment of the process's life: set-up, steps, checkpoints, metrics appends, the final save
-        time.sleep(rng.uniform(0.3, 1.1) * full_seconds)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        if kill_when(proc, ready, delay):
             kills += 1
         else:
             _, err = proc.communicate()
             assert proc.returncode == 0, err.decode()[-2000:]
-            finished = True
-            break
         # what a user does next: resume once there is a checkpoint, else start over (the directory has files)
         mode = "resume" if list(out.glob("checkpoints/step-*")) else "overwrite"
-    if not finished:
+    if not (out / "final" / "model.safetensors").is_file() or mode == "resume":
         run_to_end(out, mode)
-    assert kills >= 1
+    assert kills >= 3
     got = load_file(out / "final" / "model.safetensors")
     assert got.keys() == expected.keys()
     assert all((got[k] == expected[k]).all() for k in expected), "resumed weights differ from the uninterrupted run"

@@ -1,4 +1,5 @@
-"""DCKD / ADPA end to end on tiny random Llamas (METHODS.md §10), and the teacher top-k cache.
+"""DCKD / ADPA (Gao et al., ICLR 2025, arXiv 2502.17927) end to end on tiny random Llamas, and the teacher
+top-k cache.
 
 Teachers are tiny Llamas with their (tied) embeddings scaled up, so their next-token distributions are
 peaked rather than uniform over 49k tokens and the KL and advantage terms carry signal.
@@ -17,12 +18,8 @@ from alignkit.models import tiny_llama
 from alignkit.train.config import load_config
 from alignkit.train.loop import train
 from alignkit.train.methods import build_method
-from alignkit.train.methods.distill import (
-    load_teacher_topk,
-    main,
-    precompute_teacher_topk,
-    teacher_topk,
-)
+from alignkit.train.methods.distill import main
+from alignkit.train.methods.teacher_cache import load_teacher_topk, precompute_teacher_topk, teacher_topk
 
 
 def peaked_llama(tokenizer, seed: int, scale: float = 10.0):

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from alignkit.data import DataError
-from alignkit.data.synthetic import make_synthetic, verify
-from alignkit.data.synthetic_extra import JointPair, load_joint_pairs, make_joint_pairs
+from alignkit.data.readers import load_joint_pairs
+from alignkit.data.records import JointPair
+from alignkit.data.synthetic import make_joint_pairs, make_synthetic, verify
 from alignkit.data.tokenize import PromptEncoder
 from alignkit.engine.layouts import collate
 from alignkit.engine.logprobs import sequence_logps

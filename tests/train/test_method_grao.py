@@ -1,4 +1,4 @@
-"""GRAO end to end on tiny random Llamas (METHODS.md §9); the toy preference is "shorter is better"
+"""GRAO (Wang et al., arXiv 2508.07750) end to end on tiny random Llamas; the toy preference is "shorter is better"
 (see ``test_method_online``)."""
 
 from __future__ import annotations
@@ -75,5 +75,5 @@ def test_k3_kl_by_hand():
 def test_grao_config_errors(tmp_path):
     with pytest.raises(ValueError, match="group_size"):
         build_method(make_config(tmp_path, grao(group_size=1)))
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown parameter 'lamda'"):
         build_method(make_config(tmp_path, grao(lamda=0.5)))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from alignkit.data import DataError
-from alignkit.data.synthetic import make_synthetic, write_jsonl
-from alignkit.data.synthetic_extra import load_vector_pairs, make_vector_pairs, parse_preferences
+from alignkit.data.convert import parse_preferences
+from alignkit.data.readers import load_vector_pairs
+from alignkit.data.synthetic import make_synthetic, make_vector_pairs, write_jsonl
 from alignkit.engine.layouts import collate
 from alignkit.models import tiny_llama
 from alignkit.objectives.mah_dpo import MultiHeadLM

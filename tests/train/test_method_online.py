@@ -1,4 +1,5 @@
-"""Online IPO / IPO-MD / online DPO end to end on tiny random Llamas (METHODS.md §2b).
+"""Online IPO / IPO-MD (Calandriello et al., ICML 2024, arXiv 2403.08635) and online DPO end to end on tiny
+random Llamas.
 
 A random 49k-vocabulary model never emits EOS, so every sample would be equally long and every label a tie.
 :func:`eos_prone_llama` points the EOS embedding along the model's mean final hidden state, which makes
@@ -136,7 +137,7 @@ def test_sampled_responses_are_batched_cut_at_eos_and_reproducible(tokenizer):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown parameter 'tua'"):
         build_method(make_config(tmp_path, "{name: online_ipo, tua: 0.1}"))
     with pytest.raises(ValueError, match="mixture_beta"):
         build_method(make_config(tmp_path, "{name: ipo_md, mixture_beta: 1.5}"))

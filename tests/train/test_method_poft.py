@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignkit.data import DataError
-from alignkit.data.synthetic_extra import load_sft_examples
+from alignkit.data.readers import load_sft_examples
 from alignkit.data.tokenize import PromptEncoder, encode_example
 from alignkit.engine.layouts import collate
 from alignkit.engine.logprobs import sequence_logps
@@ -105,7 +105,7 @@ def test_poft_trains_end_to_end_and_resumes_exactly(tmp_path, tokenizer, aligned
 
 
 def test_poft_config_errors():
-    with pytest.raises(ValueError, match="aligned_models must list"):
+    with pytest.raises(ValueError, match="aligned_models: must list"):
         build_method(load_config(None, ["objectives=[{name: poft}]"]))
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
         build_method(load_config(None, ["objectives=[{name: poft, aligned_models: [x], temperature: 0}]"]))

@@ -107,3 +107,28 @@ def _overrides(config) -> list[str]:
     dumped = config.model_dump(mode="json")
     return [f"{key}={json.dumps(dumped[key])}" for key in ("max_steps", "save_every", "batch_size", "eval_every",
                                                              "progress", "lora", "optim", "data", "model")]
+
+
+def test_rejected_rows_are_kept_per_split(tmp_path, tokenizer):
+    good = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}
+    bad = {"prompt": "What is 2 + 2?", "chosen": "", "rejected": "5"}
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in [good] * 8 + [bad]) + "\n")
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in [good, bad, bad]) + "\n")
+    config = make_config(tmp_path, "max_steps=1", "batch_size=2", f"data.train={tmp_path / 'train.jsonl'}",
+                         f"data.eval={tmp_path / 'eval.jsonl'}", "data.on_invalid=skip")
+    run(config, tokenizer)
+    from alignkit.io import read_jsonl
+
+    assert len(read_jsonl(tmp_path / "run" / "rejected_rows_train.jsonl")) == 1
+    assert len(read_jsonl(tmp_path / "run" / "rejected_rows_eval.jsonl")) == 2
+    (tmp_path / "eval.jsonl").write_text(json.dumps(good) + "\n")
+    run(config.model_copy(update={"overwrite": True}), tokenizer)
+    assert not (tmp_path / "run" / "rejected_rows_eval.jsonl").exists()  # no rejections, no file
+
+
+def test_eval_fraction_zero_means_no_held_out_split(tmp_path, tokenizer):
+    pair = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(pair) for _ in range(8)) + "\n")
+    result = run(make_config(tmp_path, "max_steps=2", "batch_size=2", "eval_every=1",
+                             f"data.train={tmp_path / 'train.jsonl'}", "data.eval_fraction=0"), tokenizer)
+    assert [m["split"] for m in read_metrics(result.output_dir)] == ["train", "train"]

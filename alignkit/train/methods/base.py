@@ -12,15 +12,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import Tensor, nn
 
-from alignkit.objectives.params import Params, UncheckedParams, register_params
+from alignkit.objectives.params import Params, UncheckedParams, register_params, validate_params
 from alignkit.train.config import TrainConfig
 
 Rows = list[tuple[list[int], list[int]]]
+P = TypeVar("P", bound=Params)
 
 
 @dataclass
@@ -113,3 +116,22 @@ def register_method(*objective_names: str, params: type[Params] | dict[str, type
         return cls
 
     return wrap
+
+
+def method_params(config: TrainConfig, kind: type[P]) -> P:
+    """The validated parameters of a method that runs alone: its one ``objectives`` entry checked against the
+    model registered for its name (the check ``load_config`` already ran), defaults filled in."""
+    names = [o.name for o in config.objectives]
+    if len(names) != 1:
+        raise ValueError(f"objective {names[0]!r} runs alone; got objectives {names}")
+    params = validate_params(names[0], config.objectives[0].raw_params, where="objectives.0")
+    if not isinstance(params, kind):
+        raise TypeError(f"{names[0]}: parameters are {type(params).__name__}, expected {kind.__name__}")
+    return params
+
+
+def params_error(field: str, message: str, value: Any) -> ValidationError:
+    """A parameter error located at ``field``, for a :class:`Params` model validator to raise when a check
+    spans several fields; config loading prints it as one line, ``<objective>: <field>: <message> (got ...)``."""
+    error = PydanticCustomError("invalid_parameter", message)
+    return ValidationError.from_exception_data("params", [InitErrorDetails(type=error, loc=(field,), input=value)])

@@ -1,12 +1,17 @@
-"""CUT: Contrastive Unlikelihood Training on judgment data (METHODS.md §7; the loss is ``alignkit.objectives.cut``).
+"""CUT: Contrastive Unlikelihood Training on judgment data (the loss is ``alignkit.objectives.cut``).
+
+Paper: Xu, Cai, Zhang, Lam and Shi, "Reasons to Reject? Aligning Language Models with Judgments", Findings of
+ACL 2024, arXiv 2312.14591 (code ``wwxu21/CUT``).
 
 Each example is (prompt x, response y, judgment j). A response is *negative* when it has a judgment, unless a
 ``score`` at or above ``positive_score`` (7, as in the paper) marks it fine; otherwise it is *positive*. A
 negative response is scored twice in one forward pass, after the plain prompt and after the prompt with the
 judgment appended (the Align-N context); both rows carry the very same response token ids, so their per-token
-log-probs line up position by position. Tokens the judgment makes more than λ times likelier are
-inappropriate: unlikelihood on those, likelihood on the rest and on the response given its judgment. A
-positive response gets plain likelihood only, so its judged row is never computed.
+log-probs line up position by position. Tokens the judgment makes more than λ times likelier,
+p(y_t | x, j, y_<t) / p(y_t | x, y_<t) > λ, are inappropriate: unlikelihood α·log(1 − p_t) on those,
+likelihood on the rest and on the response given its judgment. A positive response gets plain likelihood only,
+so its judged row is never computed. Defaults (the paper's code): λ = ``threshold`` 1.1, α =
+``unlikelihood_weight`` 0.1, ``positive_score`` 7.
 """
 
 from __future__ import annotations
@@ -17,23 +22,44 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor
 
 from alignkit.data.readers import load_records
 from alignkit.data.records import Judgment, Message, Text
-from alignkit.data.synthetic_extra import make_judgments
+from alignkit.data.synthetic import make_judgments
 from alignkit.data.tokenize import PromptEncoder, truncate
 from alignkit.engine.layouts import collate
 from alignkit.engine.logprobs import sequence_logps
 from alignkit.objectives.cut import cut_loss
+from alignkit.objectives.params import Params
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, method_params, register_method
 
 # The Align-N context: the reference code's template asks for "a response that ... should match the
 # corresponding judgment"; here the judgment is appended to the (last) user turn, so chat templates apply.
 JUDGMENT_TEMPLATE = ("{prompt}\n\nWrite a response to the request above that matches the following judgment of "
                      "it.\nJudgment: {judgment}")
+
+
+class CUTParams(Params):
+    threshold: float = Field(1.1, gt=0, description="λ: a token is flagged when the judgment makes it more than λ "
+                                                    "times likelier (paper code: 1.1)")
+    unlikelihood_weight: float = Field(0.1, ge=0, description="α: weight of the unlikelihood term on flagged "
+                                                              "tokens (paper code: 0.1)")
+    positive_score: float | None = Field(7.0, description="a judged response scoring at least this is positive "
+                                                          "(paper: 7); null: every judgment marks a negative")
+    judgment_template: str = Field(JUDGMENT_TEMPLATE, description="the Align-N prompt; {prompt} and {judgment} "
+                                                                  "are filled in")
+
+    @field_validator("judgment_template")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        if "{prompt}" not in value or "{judgment}" not in value:
+            raise PydanticCustomError("invalid_parameter", "must contain {prompt} and {judgment}")
+        return value
 
 
 def with_judgment(prompt: Text, judgment: str, template: str = JUDGMENT_TEMPLATE) -> Text:
@@ -91,39 +117,29 @@ def response_token_logps(token_logps: Tensor, rows: Rows, width: int) -> Tensor:
     return torch.stack(out)
 
 
-@register_method("cut")
+@register_method("cut", params=CUTParams)
 class CutMethod(Method):
-    """Config: ``objectives: [{name: cut, threshold: 1.1, unlikelihood_weight: 0.1}]`` plus optional
-    ``positive_score`` (7.0; None: any judgment is negative) and ``judgment_template`` (``{prompt}`` and
-    ``{judgment}``). Data: ``data.train`` is ``synthetic`` (judgments derived from the verifiers) or a judgment
-    file: rows ``prompt``, ``response``, ``judgment`` (empty/null for a fine response), optional ``score``."""
+    """Parameters: :class:`CUTParams`, e.g. ``objectives: [{name: cut, threshold: 1.1, unlikelihood_weight: 0.1}]``.
+    Data: ``data.train`` is ``synthetic`` (judgments derived from the verifiers) or a judgment file: rows
+    ``prompt``, ``response``, ``judgment`` (empty/null for a fine response), optional ``score``."""
 
     needs_reference = False
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        if len(config.objectives) != 1:
-            raise ValueError("cut runs alone: give one objective, e.g. [{name: cut, threshold: 1.1}]")
-        params = config.objectives[0].params
+        params = method_params(config, CUTParams)
         self.weight = config.objectives[0].weight
-        self.threshold = float(params.pop("threshold", 1.1))
-        self.unlikelihood_weight = float(params.pop("unlikelihood_weight", 0.1))
-        self.positive_score = params.pop("positive_score", 7.0)
-        self.template = str(params.pop("judgment_template", JUDGMENT_TEMPLATE))
-        if params:
-            raise ValueError(f"cut: unknown parameters {sorted(params)}; it takes threshold, unlikelihood_weight, "
-                             "positive_score, judgment_template")
-        if "{prompt}" not in self.template or "{judgment}" not in self.template:
-            raise ValueError("cut: judgment_template must contain {prompt} and {judgment}")
-        if self.threshold <= 0:
-            raise ValueError(f"cut: threshold must be positive, got {self.threshold}")
+        self.threshold = params.threshold
+        self.unlikelihood_weight = params.unlikelihood_weight
+        self.positive_score = params.positive_score
+        self.template = params.judgment_template
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
         data = self.config.data
 
         def read(source: str) -> list[Judgment]:
             return load_records(source, kind="judgment", column_map=data.column_map, on_invalid=data.on_invalid,
-                                rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log).records
+                                rejected_rows_path=rejected_rows_path(run_dir, self.config, source), log=log).records
 
         train, evaluation = read_splits(self.config, make_judgments, read)
         encoder = PromptEncoder(tokenizer, data.use_chat_template)

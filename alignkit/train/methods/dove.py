@@ -1,8 +1,10 @@
-"""DOVE: preference optimisation over (instruction, response) pairs with different instructions (METHODS.md §6).
+"""DOVE: preference optimisation over (instruction, response) pairs with different instructions.
 
-Paper: Bansal et al., "Comparing Bad Apples to Good Oranges", 2024; code ``Hritikbansal/dove``.
+Paper: Bansal, Suvarna, Bhatt, Peng, Chang and Grover, "Comparing Bad Apples to Good Oranges: Aligning Large
+Language Models via Joint Preference Optimization", Findings of ACL 2025, arXiv 2404.00530 (code
+``Hritikbansal/dove``).
 
-Data are joint pairs ``(I_w, R_w) ≻ (I_l, R_l)`` (:class:`alignkit.data.synthetic_extra.JointPair`); ordinary
+Data are joint pairs ``(I_w, R_w) ≻ (I_l, R_l)`` (:class:`alignkit.data.records.JointPair`); ordinary
 pairs are the conditional special case I_w = I_l, and the paper trains on the union of both. The loss is DPO
 on the *joint* log-probability of the rendered prompt (template, BOS and instruction) plus the response::
 
@@ -11,7 +13,10 @@ on the *joint* log-probability of the rendered prompt (template, BOS and instruc
 
 For a conditional pair the prompt terms cancel and this is DPO. Each side is truncated on its own, so prompt
 truncation changes the loss; a conditional pair keeps one shared prompt so the cancellation stays exact.
-Any registered pair objective can replace DPO (``loss: ipo``...), applied to the joint log-probs.
+Any registered pair objective can replace DPO (``loss: ipo``...), applied to the joint log-probs; the other
+keys are that objective's parameters, checked against its parameter model when the config loads. Defaults:
+``loss`` dpo (β = 0.1), ``conditional_fraction`` 0.5. Pairs are scored by :mod:`alignkit.engine.pairs`, in the
+shared-prefix layout when it is exact for the model (a conditional pair writes its prompt once).
 """
 
 from __future__ import annotations
@@ -21,18 +26,65 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from alignkit.data.synthetic_extra import JointPair, load_joint_pairs, make_joint_pairs
+from alignkit.data.readers import load_joint_pairs
+from alignkit.data.records import JointPair
+from alignkit.data.synthetic import make_joint_pairs
 from alignkit.data.tokenize import PromptEncoder, encode_example, encode_pair
-from alignkit.engine.layouts import collate
-from alignkit.engine.logprobs import sequence_logps
-from alignkit.objectives import PairLogps, get_objective
+from alignkit.engine.pairs import PairRows
+from alignkit.objectives import OBJECTIVES, PairLogps, get_objective
+from alignkit.objectives.base import ObjectiveSpec
+from alignkit.objectives.params import Params, accepted, params_dict
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
-from alignkit.train.methods.preference import combine_objectives
+from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.methods.base import BatchContext, StepOutput, method_params, register_method
+from alignkit.train.methods.preference import PreferenceMethod, combine_objectives
 
-METHOD_KEYS = ("loss", "conditional_fraction")  # read by the method; every other key goes to the loss
+
+class DoveParams(Params):
+    """DOVE's own keys; every other key is a parameter of the pair objective ``loss``, validated against
+    that objective's parameter model."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    loss: str = Field("dpo", description="the pair objective applied to the joint log-probs; its parameters (e.g. "
+                                          "beta) sit next to this key")
+    conditional_fraction: float = Field(0.5, ge=0, le=1, description="synthetic data only: the share of pairs "
+                                                                     "kept conditional (one prompt)")
+
+    @field_validator("loss")
+    @classmethod
+    def _pair_objective(cls, name: str) -> str:
+        spec = OBJECTIVES.get(name)
+        pair = sorted(n for n, s in OBJECTIVES.items() if s.inputs == "pair")
+        if spec is None or spec.inputs != "pair":
+            problem = "unknown objective" if spec is None else "takes unpaired inputs"
+            raise PydanticCustomError("invalid_parameter", f"{problem}; choose a pair objective: {', '.join(pair)}")
+        return name
+
+    @model_validator(mode="after")
+    def _loss_parameters(self) -> DoveParams:
+        inner = OBJECTIVES[self.loss].params
+        try:
+            inner.model_validate(self.model_extra or {})
+        except ValidationError as error:
+            details = []
+            for e in error.errors():
+                if e["type"] == "extra_forbidden":  # say which objectives were asked, and what they take
+                    message = (f"not a parameter of dove or of its loss {self.loss} (which takes "
+                               f"{accepted(inner)})")
+                    details.append(InitErrorDetails(type=PydanticCustomError("invalid_parameter", message),
+                                                    loc=e["loc"], input=e["input"]))
+                else:
+                    details.append(InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"],
+                                                    ctx=e.get("ctx", {})))
+            raise ValidationError.from_exception_data("dove", details) from None
+        return self
+
+    def loss_params(self) -> dict:
+        """The loss objective's validated keyword arguments, defaults filled in."""
+        return params_dict(self.loss, self.model_extra or {})
 
 
 @dataclass
@@ -66,33 +118,33 @@ def cat_pair_logps(parts: list[PairLogps]) -> PairLogps:
                         torch.cat([getattr(p, name) for p in parts]) for name in fields})
 
 
-@register_method("dove")
-class DoveMethod(Method):
-    """Config: ``objectives: [{name: dove, beta: 0.1}]`` plus optional ``loss`` (a pair objective, default
-    ``dpo``; the remaining keys are its parameters) and ``conditional_fraction`` (synthetic data only: the
-    share of pairs kept conditional, default 0.5). Data: ``data.train`` is ``synthetic`` or a joint-pair file
-    (see :func:`alignkit.data.synthetic_extra.load_joint_pairs`)."""
+@register_method("dove", params=DoveParams)
+class DoveMethod(PreferenceMethod):
+    """Parameters: :class:`DoveParams`, e.g. ``objectives: [{name: dove, beta: 0.1}]``. Data: ``data.train`` is
+    ``synthetic`` or a joint-pair file (see :func:`alignkit.data.readers.load_joint_pairs`). Scoring,
+    layout choice and reference rows are :class:`PreferenceMethod`'s, on :meth:`pair_rows` with two prompts."""
 
     def __init__(self, config: TrainConfig):
+        self.params = method_params(config, DoveParams)
+        self.conditional_fraction = self.params.conditional_fraction
         super().__init__(config)
-        if len(config.objectives) != 1:
-            raise ValueError("dove runs alone: give one objective, e.g. [{name: dove, beta: 0.1}]")
-        objective = config.objectives[0]
-        params = objective.params
-        self.conditional_fraction = float(params.pop("conditional_fraction", 0.5))
-        spec = get_objective(params.pop("loss", "dpo"))
-        if spec.inputs != "pair":
-            raise ValueError(f"dove: loss {spec.name!r} takes unpaired inputs; choose a pair objective")
-        self.objectives = [(spec, objective.weight, params)]
-        self.needs_reference = spec.needs_reference
         if getattr(config, "max_tokens_per_batch", None):  # the token budget counts one shared prompt per pair
             raise ValueError("dove: max_tokens_per_batch is not supported (two prompts per pair); use batch_size")
+
+    def objective_terms(self) -> list[tuple[ObjectiveSpec, float, dict]]:
+        return [(get_objective(self.params.loss), self.config.objectives[0].weight, self.params.loss_params())]
 
     @property
     def score_prompt(self) -> bool:
         return True
 
+    def pair_rows(self, item: EncodedJointPair) -> PairRows:
+        """A conditional pair shares its prompt (written once in the shared-prefix layout); a joint pair has two."""
+        second = None if item.prompt_rejected == item.prompt_chosen else item.prompt_rejected
+        return PairRows(item.prompt_chosen, item.chosen, item.rejected, prompt_rejected=second)
+
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
+        self._log = log
         data = self.config.data
 
         def from_synthetic(pairs: list) -> list[JointPair]:
@@ -100,7 +152,7 @@ class DoveMethod(Method):
 
         def read(source: str) -> list[JointPair]:
             return load_joint_pairs(source, column_map=data.column_map, on_invalid=data.on_invalid,
-                                    rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+                                    rejected_rows_path=rejected_rows_path(run_dir, self.config, source), log=log)
 
         train, evaluation = read_splits(self.config, from_synthetic, read)
         encoder = PromptEncoder(tokenizer, data.use_chat_template)
@@ -112,38 +164,16 @@ class DoveMethod(Method):
             f"{len(evaluation)} eval joint pairs")
         return encoded[0], encoded[1]
 
-    def reference_rows(self, items: list) -> Rows:
-        """Two rows per pair, in index order: (prompt_chosen, chosen), (prompt_rejected, rejected)."""
-        rows: Rows = []
-        for item in items:
-            rows += [(item.prompt_chosen, item.chosen), (item.prompt_rejected, item.rejected)]
-        return rows
-
     def joint_logps(self, ctx: BatchContext, items: list, indices: list[int], precomputed
                     ) -> tuple[PairLogps, int]:
-        batch_items = [items[i] for i in indices]
-        rows = [(p.prompt_chosen, p.chosen) for p in batch_items] + \
-               [(p.prompt_rejected, p.rejected) for p in batch_items]
-        batch = collate(rows, ctx.pad_id, score_prompt=True).to(ctx.device)
-        out = sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype)
-        n = len(indices)
-        ref_c = ref_r = None
-        if precomputed is not None:
-            idx = torch.tensor(indices)
-            ref_c, ref_r = precomputed.lookup(2 * idx).to(ctx.device), precomputed.lookup(2 * idx + 1).to(ctx.device)
-        elif ctx.reference is not None:
-            ref = ctx.reference.logps(batch)
-            ref_c, ref_r = ref.logps[:n], ref.logps[n:]
-        logps = PairLogps(out.logps[:n], out.logps[n:], out.tokens[:n], out.tokens[n:], ref_c, ref_r,
-                          out.logits_mean[:n], out.logits_mean[n:])
-        return logps, batch.num_tokens
+        """Joint log-probs of both sides (prompt tokens scored): :meth:`PreferenceMethod.pair_logps`."""
+        return self.pair_logps(ctx, items, indices, precomputed)
 
     def step(self, ctx: BatchContext, items: list, indices: list[int], precomputed, state: dict,
              training: bool) -> StepOutput:
-        logps, num_tokens = self.joint_logps(ctx, items, indices, precomputed)
-        loss, metrics = combine_objectives(self.objectives, logps, state, training)
-        metrics["joint_fraction"] = sum(items[i].joint for i in indices) / len(indices)
-        return StepOutput(loss, metrics, num_tokens)
+        out = super().step(ctx, items, indices, precomputed, state, training)
+        out.metrics["joint_fraction"] = sum(items[i].joint for i in indices) / len(indices)
+        return out
 
     def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
                  ) -> dict[str, float]:

@@ -1,35 +1,43 @@
-"""GRAO training (METHODS.md §9, [reconstruction], confidence LOW): groups of policy samples scored against
-the dataset's reference answer.
+"""GRAO training: groups of policy samples scored against the dataset's reference answer.
+
+Paper: Wang et al. (AntGroup), "Learning to Align, Aligning to Learn: A Unified Approach for Self-Optimized
+Alignment", arXiv 2508.07750, 2025. **Reconstruction, confidence LOW**: the paper's equations were not
+available; the loss, :func:`alignkit.objectives.grao.grao_loss`, states the reconstructed formula in one place::
+
+    Â_i, Â* = (r − mean(r_1..r_G, r*)) / (std(r_1..r_G, r*) + eps),   ℓ(o) = (1/|o|)·log π_θ(o|x)
+    L_GRAO = −(1/G) Σ_i [Â_i·ℓ(o_i) + Â*·ℓ(y*) − λ·Â_i·(ℓ(o_i) − ℓ(y*))]  (+ kl_coef·KL(π_θ‖π_ref))
 
 Per micro-batch of prompts: draw G responses per prompt from the current policy (no gradient, batched);
 score them and the dataset's chosen response y* with a reward source (the synthetic verifiers by default,
-or a reward model); one forward pass over the G samples and y* gives per-token mean log-probs ℓ; the loss is
-:func:`alignkit.objectives.grao.grao_loss` (the formula lives there, in one place), plus optionally
-``kl_coef``·KL(π_θ‖π_ref) with GRPO's per-token k3 estimator on the samples.
+or a reward model); one forward pass over the G samples and y* gives per-token mean log-probs ℓ; the optional
+KL penalty uses GRPO's per-token k3 estimator on the samples.
 
-**λ default.** In the reconstruction the samples' coefficient is −(1 − λ)·Â_i/G, so λ = 1 (the pure
-function's default) cancels them and leaves advantage-weighted imitation of y* only. This method defaults
-to λ = 0.5: exploration at half strength, alignment term active, imitation of y* weighted by
-Â*·(1 − λ/G). METHODS.md asks to sweep λ; keep it in [0, 1) (λ > 1 reverses the exploration signal).
+Defaults: G = 4, λ = 0.5, eps = 1e-6, kl_coef = 0, reward "verifier", max_new_tokens 48, temperature 1.0.
+**λ default.** The samples' coefficient is −(1 − λ)·Â_i/G, so λ = 1 (the pure function's default) cancels
+them and leaves advantage-weighted imitation of y* only. This method defaults to λ = 0.5: exploration at half
+strength, alignment term active, imitation of y* weighted by Â*·(1 − λ/G). λ is a value to sweep; it must lie
+in [0, 1] (λ > 1 reverses the exploration signal).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import Field
 
 from alignkit.engine.layouts import collate
 from alignkit.engine.logprobs import sequence_logps
 from alignkit.objectives.grao import grao_loss
 from alignkit.rewards import build_source
 from alignkit.train.config import TrainConfig
-from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, method_params, register_method
 from alignkit.train.methods.online import (
-    Options,
     PromptItem,
     ReferencePolicy,
+    SampledParams,
     decode,
     float_metrics,
     load_prompt_items,
@@ -39,15 +47,14 @@ from alignkit.train.methods.online import (
     unwrap_model,
 )
 
-GRAO_DEFAULTS = {
-    "group_size": 4,  # G
-    "lam": 0.5,  # λ; see the module docstring for why not 1.0
-    "eps": 1e-6,
-    "kl_coef": 0.0,  # β of the optional KL(π_θ‖π_ref) penalty (k3 estimator, per-token mean)
-    "reward": "verifier",
-    "max_new_tokens": 48,
-    "temperature": 1.0,
-}
+
+class GRAOParams(SampledParams):
+    group_size: int = Field(4, ge=2, description="G: policy samples per prompt")
+    lam: float = Field(0.5, ge=0, le=1, description="λ: weight of the alignment term (1 cancels the samples' term)")
+    eps: float = Field(1e-6, gt=0, description="added to the group's reward std before normalising")
+    kl_coef: float = Field(0.0, ge=0, description="β of the optional KL(π_θ‖π_ref) penalty (k3, per-token mean)")
+    reward: str | dict[str, Any] = Field(
+        "verifier", description="scalar reward source: verifier, {type: reward_model, model: ...}, module:attr")
 
 
 def k3_kl(policy_tokens: torch.Tensor, reference_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,11 +65,10 @@ def k3_kl(policy_tokens: torch.Tensor, reference_tokens: torch.Tensor, mask: tor
     return (k3.sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
-@register_method("grao")
+@register_method("grao", params=GRAOParams)
 class GRAOMethod(Method):
-    """Config keys (``objectives[0]``): ``group_size`` G (4), ``lam`` λ (0.5), ``eps`` (1e-6), ``kl_coef``
-    (0), ``reward`` ("verifier", or ``{type: reward_model, model: ...}``), ``max_new_tokens`` (48),
-    ``temperature`` (1.0). Data: preference pairs; the prompt and the chosen response (y*) are used.
+    """Parameters: :class:`GRAOParams` (defaults in the module docstring). Data: preference pairs; the prompt
+    and the chosen response (y*) are used.
 
     A reference model is used only for the KL penalty and the logged KL; ``reference: none`` skips it
     (allowed while ``kl_coef`` is 0).
@@ -72,16 +78,14 @@ class GRAOMethod(Method):
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        self.options = Options(config, GRAO_DEFAULTS)
-        if int(self.options["group_size"]) < 2:
-            raise ValueError(f"grao: group_size must be at least 2, got {self.options['group_size']}")
-        self.kl_coef = float(self.options["kl_coef"])
+        self.params = method_params(config, GRAOParams)
+        self.kl_coef = self.params.kl_coef
         self.needs_reference = self.kl_coef > 0 or config.reference != "none"
         self.source = None
 
     def reward_source(self, ctx: BatchContext):
         if self.source is None:
-            self.source = build_source(self.options["reward"], device=ctx.device)
+            self.source = build_source(self.params.reward, device=ctx.device)
             if not callable(getattr(self.source, "rewards", None)):
                 raise ValueError("grao needs scalar rewards (a verifier or reward model), not a pairwise judge")
         return self.source
@@ -95,11 +99,11 @@ class GRAOMethod(Method):
     def step(self, ctx: BatchContext, items: list, indices: list[int], precomputed, state: dict,
              training: bool) -> StepOutput:
         batch: list[PromptItem] = [items[i] for i in indices]
-        n, g = len(batch), int(self.options["group_size"])
+        n, g = len(batch), self.params.group_size
         source = self.reward_source(ctx)
         gen = step_generator(ctx, self.config.seed, state, "grao", training, salt=indices[0])
         groups = sample_responses(unwrap_model(ctx.model), None, [it.prompt_ids for it in batch], g, 0.0,
-                                  int(self.options["max_new_tokens"]), float(self.options["temperature"]), gen,
+                                  self.params.max_new_tokens, self.params.temperature, gen,
                                   ctx.pad_id, ctx.tokenizer.eos_token_id, ctx.device)
         samples = [s for group in groups for s in group]  # prompt-major: row i*G + j
         prompts = [it.prompt for it in batch for _ in range(g)]
@@ -114,7 +118,7 @@ class GRAOMethod(Method):
         out = sequence_logps(ctx.model, seq, ctx.chunk_size, ctx.autocast_dtype, return_token_logps=want_tokens)
         ell = out.logps / out.tokens.clamp(min=1)
         result = grao_loss(ell[:n * g].view(n, g), ell[n * g:], rewards[:n * g].view(n, g), rewards[n * g:],
-                           lam=float(self.options["lam"]), eps=float(self.options["eps"]))
+                           lam=self.params.lam, eps=self.params.eps)
         loss = result.loss.mean()
         metrics = float_metrics(result.metrics)
 
@@ -143,7 +147,7 @@ class GRAOMethod(Method):
     def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
                  ) -> dict[str, float]:
         return sample_eval(self, ctx, items, batch_size, self.reward_source(ctx),
-                           int(self.options["max_new_tokens"]), float(self.options["temperature"]))
+                           self.params.max_new_tokens, self.params.temperature)
 
 
-__all__ = ["GRAO_DEFAULTS", "GRAOMethod", "k3_kl"]
+__all__ = ["GRAOMethod", "GRAOParams", "k3_kl"]

@@ -1,10 +1,19 @@
 """MAH-DPO: one output head per objective over a shared backbone, trained with vector-valued preferences
-(METHODS.md §12; the model and the loss are ``alignkit.objectives.mah_dpo``).
+(the model and the loss are ``alignkit.objectives.mah_dpo``).
+
+Paper: Shen, Xia, Chang and Ammanabrolu, "Simultaneous Multi-objective Alignment Across Verifiable and
+Non-verifiable Rewards", arXiv 2510.01167, 2025 (code ``pearls-lab/multiobj-align``).
 
 Each pair carries ``metadata["preferences"] = {"objective": +1 | -1 | 0}`` (+1: chosen preferred on that
 objective, −1: rejected preferred, 0 or absent: no label). Head k is trained with DPO on the pairs labelled on
 objective k; the loss is the mean over the objectives present in the batch, and every objective's gradient
-reaches the shared backbone.
+reaches the shared backbone::
+
+    L_k = mean over pairs labelled on k of −log σ(β·s_k·[h_k(chosen) − h_k(rejected)])
+    L   = mean over the objectives k present in the batch of L_k
+    (s_k = ±1 the pair's label on k; h_k = log π_θ − log π_ref under head k, summed over response tokens)
+
+Defaults: β = 0.1, ``heads`` the sorted objective names of the training data, ``perturbation_scale`` 0.
 
 The policy is wrapped in a :class:`MultiHeadLM` by :meth:`MahDpoMethod.wrap_model` (head 0 is the model's own
 output layer, the others start as copies of it), so checkpoints hold the extra heads like any other trainable
@@ -30,22 +39,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from alignkit.data.readers import load_vector_pairs
 from alignkit.data.records import PreferencePair
-from alignkit.data.synthetic_extra import SYNTHETIC_OBJECTIVES, load_vector_pairs, make_vector_pairs
+from alignkit.data.synthetic import SYNTHETIC_OBJECTIVES, make_vector_pairs
 from alignkit.data.tokenize import PromptEncoder, encode_pair
 from alignkit.engine.layouts import SequenceBatch, collate
 from alignkit.engine.logprobs import hidden_state_head
 from alignkit.objectives.mah_dpo import MultiHeadLM, mah_dpo_loss
+from alignkit.objectives.params import Params
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, method_params, register_method
 from alignkit.train.reference import AdapterDisabledReference
 
 HEADS_FILE = "mah_dpo_heads.safetensors"
+
+
+class MahDpoParams(Params):
+    beta: float = Field(0.1, gt=0, description="DPO's inverse temperature, shared by every head")
+    heads: list[str] | None = Field(None, description="objective names in head order (head 0 first); default: the "
+                                                      "sorted objective names of the training data")
+    perturbation_scale: float = Field(0.0, ge=0, description="std of the noise added to heads 1..K−1 at start")
+
+    @field_validator("heads")
+    @classmethod
+    def _distinct(cls, heads: list[str] | None) -> list[str] | None:
+        if heads is not None and (not heads or len(set(heads)) != len(heads) or not all(heads)):
+            raise PydanticCustomError("invalid_parameter", "must be a list of distinct objective names")
+        return heads
 
 
 @dataclass
@@ -92,30 +119,20 @@ def head_logps(lm: nn.Module, heads: Sequence[nn.Module], batch: SequenceBatch, 
     return torch.stack(out)
 
 
-@register_method("mah_dpo")
+@register_method("mah_dpo", params=MahDpoParams)
 class MahDpoMethod(Method):
-    """Config: ``objectives: [{name: mah_dpo, beta: 0.1, heads: [correct, safe, brief]}]``, optional
-    ``perturbation_scale`` (0.0). ``heads`` names the objectives in head order (head 0 first); without it they
-    are the sorted objective names found in the training data. Data: ``data.train`` is ``synthetic`` (vectors
-    from per-family objectives, see :func:`alignkit.data.synthetic_extra.vector_for`) or pairs with a
-    ``preferences`` column (see :func:`alignkit.data.synthetic_extra.load_vector_pairs`)."""
+    """Parameters: :class:`MahDpoParams`, e.g. ``objectives: [{name: mah_dpo, beta: 0.1, heads: [correct, safe,
+    brief]}]``. Data: ``data.train`` is ``synthetic`` (vectors from per-family objectives, see
+    :func:`alignkit.data.synthetic.derived.vector_for`) or pairs with a ``preferences`` column (see
+    :func:`alignkit.data.readers.load_vector_pairs`)."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        if len(config.objectives) != 1:
-            raise ValueError("mah_dpo runs alone: give one objective, e.g. [{name: mah_dpo, beta: 0.1}]")
-        params = config.objectives[0].params
+        params = method_params(config, MahDpoParams)
         self.weight = config.objectives[0].weight
-        self.beta = float(params.pop("beta", 0.1))
-        heads = params.pop("heads", None)
-        if heads is not None and (not isinstance(heads, list) or not heads or len(set(heads)) != len(heads)
-                                  or not all(isinstance(h, str) and h for h in heads)):
-            raise ValueError(f"mah_dpo: heads must be a list of distinct objective names, got {heads!r}")
-        self.head_names: list[str] | None = heads
-        self.perturbation_scale = float(params.pop("perturbation_scale", 0.0))
-        if params:
-            raise ValueError(f"mah_dpo: unknown parameters {sorted(params)}; it takes beta, heads, "
-                             "perturbation_scale")
+        self.beta = params.beta
+        self.head_names: list[str] | None = list(params.heads) if params.heads is not None else None
+        self.perturbation_scale = params.perturbation_scale
         # Perturbed initial heads differ from the output layer, which is all a precomputed table can score.
         self.precomputable_reference = self.perturbation_scale == 0
         if not self.precomputable_reference and config.reference == "precomputed":
@@ -139,7 +156,7 @@ class MahDpoMethod(Method):
 
         def read(source: str) -> list[PreferencePair]:
             return load_vector_pairs(source, self.head_names, column_map=data.column_map, on_invalid=data.on_invalid,
-                                     rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+                                     rejected_rows_path=rejected_rows_path(run_dir, self.config, source), log=log)
 
         train, evaluation = read_splits(self.config, from_synthetic, read)
         if self.head_names is None:

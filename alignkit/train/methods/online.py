@@ -1,17 +1,26 @@
-"""Online IPO, IPO-MD and online DPO (METHODS.md §2b): the policy labels its own samples with a preference source.
+"""Online IPO, IPO-MD and online DPO: the policy labels its own samples with a preference source.
+
+Papers: online IPO and IPO-MD are from Calandriello et al., "Human Alignment of Large Language Models through
+Online Preference Optimisation", ICML 2024, arXiv 2403.08635; online DPO (DPO on pairs the current policy
+samples and an annotator labels) is OAIF, Guo et al., "Direct Language Model Alignment from Online AI
+Feedback", arXiv 2402.04792, 2024.
 
 Per micro-batch of prompts: draw two responses per prompt (no gradient) from the current policy (online
-IPO, online DPO) or from the token-level geometric mixture π_θ^{1−β}·π_ref^β (IPO-MD), with
+IPO, online DPO) or from the token-level geometric mixture π_mix ∝ π_θ^{1−β}·π_ref^β (IPO-MD), with
 :func:`alignkit.engine.generation.sample_ids` (batched, one KV cache per model); label them with a
-preference source (a verifier, a reward model through Bradley-Terry, or an LM judge asked in both orders,
-see ``alignkit.rewards``); then one forward pass over both samples gives the policy log-probs for the loss:
+preference source p = P(y ≻ y' | x) (a verifier, a reward model through Bradley-Terry, or an LM judge asked
+in both orders, see ``alignkit.rewards``); then one forward pass over both samples gives the policy
+log-probs for the loss (h = log π_θ − log π_ref, per-token averaged when ``length_normalize``):
 
-* ``online_ipo`` / ``ipo_md``: :func:`alignkit.objectives.online.online_ipo_loss`, the regression of the
-  per-token log-ratio difference onto (p − ½)/τ, or with ``hard_labels`` onto ±1/(2τ) with I ~ Bernoulli(p);
-* ``online_dpo``: each pair is oriented by p > ½ and fed to the offline ``dpo`` objective; ties (p = ½,
-  e.g. two samples the verifier passes or fails alike) carry no preference and are left out of the loss.
+* ``online_ipo`` / ``ipo_md``: :func:`alignkit.objectives.online.online_ipo_loss`,
+  ``L = (h(y) − h(y') − (p − ½)/τ)²``, or with ``hard_labels`` the target ±1/(2τ) with I ~ Bernoulli(p).
+  Defaults: τ = 0.1, mixture β = 0 (online IPO) or 0.5 (IPO-MD, TRL's Nash-MD default);
+* ``online_dpo``: each pair is oriented by p > ½ and fed to the offline ``dpo`` objective
+  (β = 0.1, label smoothing 0); ties (p = ½, e.g. two samples the verifier passes or fails alike) carry no
+  preference and are left out of the loss.
 
-The reference is the loop's (frozen copy, or the policy with its adapter disabled); its log-probs depend on
+Sampling defaults: ``preference`` verifier, ``max_new_tokens`` 48, ``temperature`` 1.0 (0 is greedy). The
+reference is the loop's (frozen copy, or the policy with its adapter disabled); its log-probs depend on
 the samples, so they cannot be precomputed. This module also holds what the generating methods share
 (GRAO, ADPA): prompt loading, the reference as a sampling model, group sampling and the sampled eval.
 """
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from alignkit.data.records import Text
@@ -34,33 +44,43 @@ from alignkit.engine.layouts import SequenceBatch, collate
 from alignkit.engine.logprobs import SequenceLogps, sequence_logps
 from alignkit.objectives import PairLogps, get_objective
 from alignkit.objectives.online import online_ipo_loss
+from alignkit.objectives.params import Params
 from alignkit.rewards import PreferenceSource, build_source
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import load_run_data
-from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, method_params, register_method
 from alignkit.train.reference import AdapterDisabledReference
 
-# ------------------------------------------------------------------------------------------ options
+# ------------------------------------------------------------------------------------------ parameters
 
 
-class Options:
-    """A method's keys from ``objectives[0]``, with defaults; unknown keys are an error (typos would
-    otherwise silently fall back to a default)."""
+class SampledParams(Params):
+    """What every sampling method takes: the length and temperature of its samples."""
 
-    def __init__(self, config: TrainConfig, defaults: dict[str, Any]):
-        if len(config.objectives) != 1:
-            raise ValueError(f"objective {config.objectives[0].name!r} runs alone; got "
-                             f"{[o.name for o in config.objectives]}")
-        objective = config.objectives[0]
-        params = objective.params
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            raise ValueError(f"objective {objective.name!r}: unknown keys {unknown}; known: {sorted(defaults)}")
-        self.name = objective.name
-        self.values = {**defaults, **params}
+    max_new_tokens: int = Field(48, ge=1, description="longest sampled response, in tokens")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature (0: greedy)")
 
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+
+class OnlineParams(SampledParams):
+    preference: str | dict[str, Any] = Field(
+        "verifier", description="preference source: verifier, {type: reward_model, model: ...}, a judge, module:attr")
+    mixture_beta: float = Field(0.0, ge=0, le=1, description="β of the sampling mixture π_θ^(1−β)·π_ref^β")
+
+
+class OnlineIPOParams(OnlineParams):
+    tau: float = Field(0.1, gt=0, description="τ: the regression target is (p − ½)/τ")
+    hard_labels: bool = Field(False, description="regress onto ±1/(2τ) with I ~ Bernoulli(p) instead of (p − ½)/τ")
+    length_normalize: bool = Field(True, description="per-token averaged log-ratios (TRL's IPO)")
+
+
+class IPOMDParams(OnlineIPOParams):
+    mixture_beta: float = Field(0.5, ge=0, le=1, description="β of the sampling mixture π_θ^(1−β)·π_ref^β "
+                                                             "(TRL's Nash-MD default)")
+
+
+class OnlineDPOParams(OnlineParams):
+    beta: float = Field(0.1, gt=0, description="DPO's inverse temperature on the oriented sampled pairs")
+    label_smoothing: float = Field(0.0, ge=0, le=0.5, description="cDPO: assumed label-flip rate ε")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -269,41 +289,24 @@ def float_metrics(metrics: dict[str, Tensor | float]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ the method
 
 
-ONLINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "online_ipo": {"tau": 0.1, "hard_labels": False, "mixture_beta": 0.0, "length_normalize": True},
-    "ipo_md": {"tau": 0.1, "hard_labels": False, "mixture_beta": 0.5, "length_normalize": True},
-    "online_dpo": {"beta": 0.1, "label_smoothing": 0.0, "mixture_beta": 0.0},
-}
-SAMPLING_DEFAULTS: dict[str, Any] = {"preference": "verifier", "max_new_tokens": 48, "temperature": 1.0}
-
-
-@register_method("online_ipo", "ipo_md", "online_dpo")
+@register_method("online_ipo", "ipo_md", "online_dpo",
+                 params={"online_ipo": OnlineIPOParams, "ipo_md": IPOMDParams, "online_dpo": OnlineDPOParams})
 class OnlinePreferenceMethod(Method):
-    """Online IPO / IPO-MD / online DPO; see the module docstring. Config keys (``objectives[0]``):
-
-    * ``tau`` (0.1), ``hard_labels`` (false), ``length_normalize`` (true): the IPO regression;
-    * ``beta`` (0.1), ``label_smoothing`` (0): online DPO;
-    * ``mixture_beta``: β of the sampling mixture (0 for online IPO / DPO, 0.5 for IPO-MD, TRL's default);
-    * ``preference`` ("verifier"), ``max_new_tokens`` (48), ``temperature`` (1.0).
-    """
+    """Online IPO / IPO-MD / online DPO; formulas, papers and defaults in the module docstring, parameters in
+    :class:`OnlineIPOParams`, :class:`IPOMDParams` and :class:`OnlineDPOParams`."""
 
     needs_reference = True
     precomputable_reference = False  # the reference scores the policy's own samples
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        self.options = Options(config, {**ONLINE_DEFAULTS[config.objectives[0].name], **SAMPLING_DEFAULTS})
-        self.kind = self.options.name
-        beta = float(self.options["mixture_beta"])
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"mixture_beta must lie in [0, 1], got {beta}")
-        if self.kind != "online_dpo" and float(self.options["tau"]) <= 0:
-            raise ValueError(f"tau must be positive, got {self.options['tau']}")
+        self.params = method_params(config, OnlineParams)
+        self.kind = config.objectives[0].name
         self.source: PreferenceSource | None = None
 
     def preference_source(self, ctx: BatchContext) -> PreferenceSource:
         if self.source is None:  # built lazily: a judge or reward model is loaded onto the run's device
-            self.source = build_source(self.options["preference"], device=ctx.device)
+            self.source = build_source(self.params.preference, device=ctx.device)
         return self.source
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
@@ -320,8 +323,8 @@ class OnlinePreferenceMethod(Method):
         reference = ReferencePolicy(ctx.reference, ctx.chunk_size, ctx.autocast_dtype)
         gen = step_generator(ctx, self.config.seed, state, self.kind, training, salt=indices[0])
         samples = sample_responses(unwrap_model(ctx.model), reference, [it.prompt_ids for it in batch], 2,
-                                   float(self.options["mixture_beta"]), int(self.options["max_new_tokens"]),
-                                   float(self.options["temperature"]), gen, ctx.pad_id,
+                                   self.params.mixture_beta, self.params.max_new_tokens,
+                                   self.params.temperature, gen, ctx.pad_id,
                                    ctx.tokenizer.eos_token_id, ctx.device)
         first, second = [s[0] for s in samples], [s[1] for s in samples]
         prompts = [it.prompt for it in batch]
@@ -339,11 +342,13 @@ class OnlinePreferenceMethod(Method):
             loss, metrics = self.dpo_loss(pol, ref, tokens, p, n)
         else:
             labels = p
-            if self.options["hard_labels"]:  # I ~ Bernoulli(p): ties and soft preferences are drawn, not rounded
+            ipo = self.params
+            assert isinstance(ipo, OnlineIPOParams)
+            if ipo.hard_labels:  # I ~ Bernoulli(p): ties and soft preferences are drawn, not rounded
                 labels = torch.bernoulli(p, generator=gen)
-            result = online_ipo_loss(pol[:n], pol[n:], ref[:n], ref[n:], labels, tau=float(self.options["tau"]),
-                                     hard_labels=bool(self.options["hard_labels"]), tokens_y=tokens[:n],
-                                     tokens_y2=tokens[n:], length_normalize=bool(self.options["length_normalize"]))
+            result = online_ipo_loss(pol[:n], pol[n:], ref[:n], ref[n:], labels, tau=ipo.tau,
+                                     hard_labels=ipo.hard_labels, tokens_y=tokens[:n], tokens_y2=tokens[n:],
+                                     length_normalize=ipo.length_normalize)
             loss = result.loss.mean()
             metrics = float_metrics(result.metrics)
             metrics["rewards/probabilities"] = p.mean().item()
@@ -369,8 +374,9 @@ class OnlinePreferenceMethod(Method):
         if idx.numel() == 0:
             return pol.sum() * 0.0, metrics
         logps = PairLogps(pol[win], pol[lose], tokens[win], tokens[lose], ref[win], ref[lose])
-        result = get_objective("dpo").fn(logps, beta=float(self.options["beta"]),
-                                         label_smoothing=float(self.options["label_smoothing"]))
+        dpo = self.params
+        assert isinstance(dpo, OnlineDPOParams)
+        result = get_objective("dpo").fn(logps, beta=dpo.beta, label_smoothing=dpo.label_smoothing)
         # Averaged over all pairs, so a batch of ties weighs nothing and the step size does not jump.
         loss = result.loss.sum() / n
         metrics.update(float_metrics(result.metrics))
@@ -379,8 +385,9 @@ class OnlinePreferenceMethod(Method):
     def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
                  ) -> dict[str, float]:
         return sample_eval(self, ctx, items, batch_size, self.preference_source(ctx),
-                           int(self.options["max_new_tokens"]), float(self.options["temperature"]))
+                           self.params.max_new_tokens, self.params.temperature)
 
 
-__all__ = ["OnlinePreferenceMethod", "Options", "PromptItem", "ReferencePolicy", "load_prompt_items",
+__all__ = ["IPOMDParams", "OnlineDPOParams", "OnlineIPOParams", "OnlineParams", "OnlinePreferenceMethod",
+           "PromptItem", "SampledParams", "ReferencePolicy", "load_prompt_items",
            "sample_eval", "sample_responses", "score_pairs", "step_generator", "unwrap_model"]

@@ -1,11 +1,19 @@
-"""PoFT: preference-oriented SFT against frozen aligned models (METHODS.md §8; the loss is ``alignkit.objectives.poft``,
-a [reconstruction]).
+"""PoFT: preference-oriented SFT against frozen aligned models (the loss is ``alignkit.objectives.poft``).
+
+Paper: Fan et al., "Favoring Target Model Over Aligned LLMs", AAAI 2025, arXiv 2412.12865. **Reconstruction**:
+the Bradley-Terry contest between the target and the aligned models is the paper's; the per-token
+normalisation and the temperature are not confirmed against it.
 
 Each SFT example (x, y) is scored once by every aligned model A_m (its mean per-token log-prob of y, with its own
 tokenizer and chat template), before training. The scores are cached on disk as safetensors, keyed by a hash of
 the aligned model's weights, its tokenizer and the exact token rows (the scheme of
 ``alignkit.train.reference``), so later runs on the same data and models skip the scoring. Training then
-only needs the target model: ``L = −log σ((s_θ − s_A) / temperature)`` with s_A the mean over aligned models.
+only needs the target model::
+
+    s_θ = (1/|y|)·log π_θ(y|x),   s_A = mean over m of (1/|y|)·log π_{A_m}(y|x)
+    L = −log σ((s_θ − s_A) / temperature)
+
+Defaults: ``temperature`` 1.0 (none); ``aligned_models`` has no default and must be given.
 """
 
 from __future__ import annotations
@@ -16,18 +24,47 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
-from alignkit.data.synthetic_extra import SFTExample, load_sft_examples
+from alignkit.data.readers import load_sft_examples
+from alignkit.data.records import SFTExample
 from alignkit.data.tokenize import PromptEncoder, encode_example
 from alignkit.engine.layouts import collate
 from alignkit.engine.logprobs import sequence_logps
 from alignkit.models import load_model
 from alignkit.models.builtin import cache_root
+from alignkit.objectives.params import Params
 from alignkit.objectives.poft import aligned_model_scores, poft_loss
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits
-from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, register_method
+from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.methods.base import (
+    BatchContext,
+    Method,
+    Rows,
+    StepOutput,
+    method_params,
+    params_error,
+    register_method,
+)
 from alignkit.train.reference import PrecomputedReference
+
+
+class PoFTParams(Params):
+    aligned_models: list[str] | None = Field(None, description="model specs of the aligned LLMs A_m (builtin names, "
+                                                               "directories, hub ids); one string is a list of one")
+    temperature: float = Field(1.0, gt=0, description="divides s_θ − s_A inside the sigmoid (1.0: none)")
+
+    @field_validator("aligned_models", mode="before")
+    @classmethod
+    def _one_spec(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _required(self) -> PoFTParams:
+        if not self.aligned_models or not all(self.aligned_models):
+            raise params_error("aligned_models", "must list one or more model specs, e.g. "
+                                                 "aligned_models: [smollm2-135m-instruct]", self.aligned_models)
+        return self
 
 
 @dataclass
@@ -65,33 +102,20 @@ def score_with_aligned_models(examples: list[SFTExample], specs: list[str], conf
     return aligned_model_scores(torch.stack(sums), torch.stack(counts))
 
 
-@register_method("poft")
+@register_method("poft", params=PoFTParams)
 class PoftMethod(Method):
-    """Config: ``objectives: [{name: poft, aligned_models: [smollm2-135m-instruct], temperature: 1.0}]``;
-    ``aligned_models`` are model specs as for ``model.name`` (builtin names, directories, hub ids). Data:
-    ``data.train`` is ``synthetic`` (the chosen responses) or an SFT file (see
-    :func:`alignkit.data.synthetic_extra.load_sft_examples`)."""
+    """Parameters: :class:`PoFTParams`, e.g. ``objectives: [{name: poft, aligned_models: [smollm2-135m-instruct],
+    temperature: 1.0}]``. Data: ``data.train`` is ``synthetic`` (the chosen responses) or an SFT file (see
+    :func:`alignkit.data.readers.load_sft_examples`)."""
 
     needs_reference = False
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        if len(config.objectives) != 1:
-            raise ValueError("poft runs alone: give one objective, e.g. [{name: poft, aligned_models: [...]}]")
-        params = config.objectives[0].params
+        params = method_params(config, PoFTParams)
         self.weight = config.objectives[0].weight
-        specs = params.pop("aligned_models", None)
-        if isinstance(specs, str):
-            specs = [specs]
-        if not specs or not all(isinstance(s, str) and s for s in specs):
-            raise ValueError("poft: aligned_models must list one or more model specs, e.g. "
-                             "aligned_models: [smollm2-135m-instruct]")
-        self.aligned_models: list[str] = list(specs)
-        self.temperature = float(params.pop("temperature", 1.0))
-        if self.temperature <= 0:
-            raise ValueError(f"poft: temperature must be positive, got {self.temperature}")
-        if params:
-            raise ValueError(f"poft: unknown parameters {sorted(params)}; it takes aligned_models, temperature")
+        self.aligned_models: list[str] = list(params.aligned_models or [])
+        self.temperature = params.temperature
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
         data = self.config.data
@@ -102,7 +126,7 @@ class PoftMethod(Method):
 
         def read(source: str) -> list[SFTExample]:
             return load_sft_examples(source, column_map=data.column_map, on_invalid=data.on_invalid,
-                                     rejected_rows_path=run_dir / "rejected_rows.jsonl", log=log)
+                                     rejected_rows_path=rejected_rows_path(run_dir, self.config, source), log=log)
 
         train, evaluation = read_splits(self.config, from_synthetic, read)
         scores = score_with_aligned_models(train + evaluation, self.aligned_models, self.config, log)

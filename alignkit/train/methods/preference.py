@@ -14,31 +14,43 @@ import torch
 from torch import Tensor
 
 from alignkit.engine.exactness import layout_support
-from alignkit.engine.layouts import Group, PackedBatch, SequenceBatch, attention_implementation, build_groups, collate
-from alignkit.engine.logprobs import SequenceLogps, sequence_logps
+from alignkit.engine.layouts import Group, PackedBatch, attention_implementation, build_groups, collate
+from alignkit.engine.logprobs import sequence_logps
+from alignkit.engine.pairs import Layout, PairRows, pair_batch, score_pair_batch, split_scores
 from alignkit.objectives import PairLogps, UnpairedLogps, get_objective
+from alignkit.objectives.base import ObjectiveSpec
 from alignkit.train.config import TrainConfig
 from alignkit.train.data import load_run_data
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput
 
-JOINT_OBJECTIVES = {"dove"}  # score prompt + response tokens: the joint log-prob of instruction and response
+# Objectives this method scores on prompt + response tokens (the joint log-prob of instruction and response);
+# DOVE, the joint objective, has its own method (``dove``), which always does.
+JOINT_OBJECTIVES: set[str] = set()
 
 
 class PreferenceMethod(Method):
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        self.objectives = [(get_objective(o.name), o.weight, o.params) for o in config.objectives]
+        self.objectives = self.objective_terms()
         kinds = {spec.inputs for spec, _, _ in self.objectives}
         if len(kinds) > 1:
             raise ValueError(f"objectives {[o.name for o in config.objectives]} mix paired and unpaired inputs")
         self.paired = kinds == {"pair"}
         self.needs_reference = any(spec.needs_reference for spec, _, _ in self.objectives)
-        self._layout_cache: dict[tuple[int, str | None], str] = {}
+        self._layout_cache: dict[tuple[int, str | None], Layout] = {}
         self._log: Callable[[str], None] = logging.getLogger(__name__).warning
+
+    def objective_terms(self) -> list[tuple[ObjectiveSpec, float, dict]]:
+        """(objective, weight, validated keyword arguments) for each configured objective."""
+        return [(get_objective(o.name), o.weight, o.params) for o in self.config.objectives]
 
     @property
     def score_prompt(self) -> bool:
         return any(o.name in JOINT_OBJECTIVES for o in self.config.objectives)
+
+    def pair_rows(self, item) -> PairRows:
+        """The token ids of one paired example as the engine lays them out."""
+        return PairRows(item.prompt, item.chosen, item.rejected)
 
     def load(self, tokenizer, run_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
         self._log = log
@@ -50,7 +62,9 @@ class PreferenceMethod(Method):
         rows: Rows = []
         for i, item in enumerate(items):
             if self.paired:
-                rows += [(item.prompt, item.chosen), (item.prompt, item.rejected)]
+                pair = self.pair_rows(item)
+                second = pair.prompt if pair.prompt_rejected is None else pair.prompt_rejected
+                rows += [(pair.prompt, pair.chosen), (second, pair.rejected)]
             else:
                 rows += [(item.prompt, item.response), kl_partner(items, i)]
         return rows
@@ -64,7 +78,7 @@ class PreferenceMethod(Method):
 
     # ------------------------------------------------------------ batch layout
 
-    def layout(self, ctx: BatchContext) -> str:
+    def layout(self, ctx: BatchContext) -> Layout:
         """``shared_prefix`` (one row per prompt with all its responses) when configured and exact for this
         model, else ``padded``; decided once per model and attention implementation, with the reason for a
         fall-back logged."""
@@ -84,30 +98,24 @@ class PreferenceMethod(Method):
 
     def pair_logps(self, ctx: BatchContext, items: list, indices: list[int], precomputed
                    ) -> tuple[PairLogps, int]:
-        """Chosen and rejected go through one forward pass: as [prompt | chosen | rejected] rows sharing the
-        prompt (default), or as padded [prompt | response] rows; the reference uses the same batch."""
-        batch_items = [items[i] for i in indices]
-        n = len(indices)
-        layout = self.layout(ctx)
-        batch: SequenceBatch | PackedBatch
-        if layout == "shared_prefix":
-            batch = self._packed([(p.prompt, [p.chosen, p.rejected]) for p in batch_items], ctx)
-            order = torch.arange(2 * n, device=ctx.device).view(n, 2).t().reshape(-1)  # -> [chosen..., rejected...]
-        else:
-            rows = [(p.prompt, p.chosen) for p in batch_items] + [(p.prompt, p.rejected) for p in batch_items]
-            batch = collate(rows, ctx.pad_id, self.score_prompt).to(ctx.device)
-            order = None
-        out = _reorder(sequence_logps(ctx.model, batch, ctx.chunk_size, ctx.autocast_dtype), order)
+        """Chosen and rejected go through one forward pass (``alignkit.engine.pairs``): as [prompt | chosen |
+        rejected] rows sharing the prompt (default), or as padded [prompt | response] rows; the live reference
+        scores the very same laid-out batch."""
+        laid_out = pair_batch([self.pair_rows(items[i]) for i in indices], ctx.pad_id, self.layout(ctx),
+                              self.score_prompt, pack=self.config.packing, row_tokens=self.config.pack_row_tokens,
+                              device=ctx.device)
+        out = score_pair_batch(ctx.model, laid_out, ctx.chunk_size, ctx.autocast_dtype)
         ref_c = ref_r = None
         if precomputed is not None:
             idx = torch.tensor(indices)
             ref_c, ref_r = precomputed.lookup(2 * idx).to(ctx.device), precomputed.lookup(2 * idx + 1).to(ctx.device)
         elif ctx.reference is not None:
-            ref = _reorder(ctx.reference.logps(batch), order)
-            ref_c, ref_r = ref.logps[:n], ref.logps[n:]
-        logps = PairLogps(out.logps[:n], out.logps[n:], out.tokens[:n], out.tokens[n:], ref_c, ref_r,
-                          out.logits_mean[:n], out.logits_mean[n:])
-        return logps, batch.num_tokens
+            ref = split_scores(ctx.reference.logps(laid_out.batch), laid_out)
+            ref_c, ref_r = ref.chosen.logps, ref.rejected.logps
+        chosen, rejected = out.chosen, out.rejected
+        logps = PairLogps(chosen.logps, rejected.logps, chosen.tokens, rejected.tokens, ref_c, ref_r,
+                          chosen.logits_mean, rejected.logits_mean)
+        return logps, laid_out.num_tokens
 
     def unpaired_logps(self, ctx: BatchContext, items: list, indices: list[int], precomputed
                        ) -> tuple[UnpairedLogps, int]:
@@ -142,12 +150,6 @@ class PreferenceMethod(Method):
         return logps, batch.num_tokens + kl_batch.num_tokens
 
 
-def _reorder(out: SequenceLogps, order: Tensor | None) -> SequenceLogps:
-    if order is None:
-        return out
-    return SequenceLogps(out.logps[order], out.tokens[order], out.logits_mean[order])
-
-
 def kl_partner(items: list, index: int) -> tuple[list[int], list[int]]:
     return items[index].prompt, items[(index + 1) % len(items)].response
 
@@ -168,7 +170,7 @@ def combine_objectives(objectives, logps: PairLogps | UnpairedLogps, objective_s
             metrics[f"loss/{spec.name}"] = loss.item()
         for key, value in out.metrics.items():
             metrics.setdefault(key, float(value))
-    if isinstance(logps, PairLogps):  # likelihood ranking, not the implicit-reward ranking (METHODS.md §17)
+    if isinstance(logps, PairLogps):  # likelihood ranking (summed and per token), not the implicit-reward ranking
         metrics["ranking/accuracy"] = (logps.chosen > logps.rejected).float().mean().item()
         metrics["ranking/accuracy_normalized"] = (
             (logps.chosen / logps.chosen_tokens) > (logps.rejected / logps.rejected_tokens)

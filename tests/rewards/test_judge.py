@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from alignkit.eval.judge import JUDGE_INSTRUCTION, LMJudge, compare, judge_pair
 from alignkit.eval.metrics import win_rate
+from alignkit.rewards.judge import JUDGE_INSTRUCTION, LMJudge, compare, judge_pair
 
 # Hidden "true" preference: P(a better than b) depends only on the answers, not their order.
 QUALITY = {"great": 0.6, "good": 0.5, "ok": 0.4, "bad": 0.3}

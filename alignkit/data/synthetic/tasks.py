@@ -1,11 +1,4 @@
-"""Synthetic verifiable preference tasks: the embedded default dataset.
-
-Every family generates ``(prompt, chosen, rejected)`` deterministically from a ``random.Random`` and has a
-programmatic verifier, so the effect of preference training can be measured exactly (verifier pass rate
-under greedy decoding) without a judge model. The tasks are sized for a ~135M chat model trained for a few
-hundred LoRA steps on CPU: prompts and responses are short, chosen and rejected differ by one strong,
-consistent surface property (brevity, case, JSON, refusal), and the untrained model fails often enough that
-improvement is visible.
+"""The synthetic task families, each a generator of ``(prompt, chosen, rejected)`` and a programmatic verifier.
 
 Families are identified from the prompt text alone, so ``verify(prompt, response)`` works on generations
 from any model without carrying metadata around.
@@ -13,139 +6,11 @@ from any model without carrying metadata around.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
-from dataclasses import dataclass
-from pathlib import Path
 
-from alignkit.data.records import PreferencePair
-
-# A prompt belongs to the test split iff this hash bucket says so, independent of seed and sample order:
-# train and test can never share a prompt, for any pair of seeds.
-_TEST_BUCKETS = 5
-
-
-def _is_test_prompt(prompt: str) -> bool:
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % _TEST_BUCKETS == 0
-
-
-def _words(text: str) -> list[str]:
-    return text.split()
-
-
-def _normalize(text: str) -> str:
-    # Models emit typographic apostrophes; verifiers compare against ASCII ones.
-    return text.replace("\u2019", "'").replace("\u2018", "'").strip()
-
-
-# --------------------------------------------------------------------------------------------------------
-# Facts shared by the format and concise families. Each has a one-or-two-word answer and a natural full
-# sentence, which is what an untrained chat model tends to reply with.
-
-
-@dataclass(frozen=True)
-class Fact:
-    question: str  # lower-case start, ends with "?", so it can follow an instruction prefix
-    answer: str
-    sentence: str
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def accepted(self) -> tuple[str, ...]:
-        return (self.answer, *self.aliases)
-
-
-def _build_facts() -> list[Fact]:
-    facts: list[Fact] = []
-    capitals = {
-        "France": "Paris", "Italy": "Rome", "Japan": "Tokyo", "Germany": "Berlin", "Spain": "Madrid",
-        "England": "London", "Russia": "Moscow", "Egypt": "Cairo", "Greece": "Athens", "Canada": "Ottawa",
-        "China": "Beijing", "Portugal": "Lisbon", "Ireland": "Dublin", "Norway": "Oslo",
-        "Sweden": "Stockholm",
-        "Austria": "Vienna", "Poland": "Warsaw", "Kenya": "Nairobi", "Peru": "Lima", "Cuba": "Havana",
-        "Thailand": "Bangkok", "Turkey": "Ankara", "Finland": "Helsinki", "Denmark": "Copenhagen",
-        "Hungary": "Budapest", "Argentina": "Buenos Aires", "India": "New Delhi", "Australia": "Canberra",
-        "Mexico": "Mexico City", "Belgium": "Brussels",
-    }
-    for country, city in capitals.items():
-        facts.append(Fact(f"what is the capital of {country}?", city, f"The capital of {country} is {city}."))
-    opposites = {
-        "hot": "cold", "up": "down", "big": "small", "fast": "slow", "happy": "sad", "light": "dark",
-        "open": "closed", "early": "late", "full": "empty", "hard": "soft", "high": "low", "old": "new",
-        "wet": "dry", "rich": "poor", "strong": "weak", "loud": "quiet", "thick": "thin", "win": "lose",
-        "day": "night", "push": "pull",
-    }
-    for word, opposite in opposites.items():
-        aliases = ("young",) if word == "old" else ()
-        facts.append(Fact(f"what is the opposite of {word}?", opposite,
-                          f"The opposite of {word} is {opposite}.", aliases))
-    colors = {
-        "the sky on a clear day": "blue", "fresh grass": "green", "fresh snow": "white", "coal": "black",
-        "a ripe banana": "yellow", "a ripe tomato": "red", "milk": "white", "a lemon": "yellow",
-        "a strawberry": "red", "chocolate": "brown", "a carrot": "orange", "a lime": "green",
-        "a polar bear's fur": "white", "a crow": "black", "a pumpkin": "orange",
-    }
-    for thing, color in colors.items():
-        facts.append(Fact(f"what color is {thing}?", color, f"{thing[0].upper()}{thing[1:]} is {color}."))
-    babies = {
-        "cat": "kitten", "dog": "puppy", "cow": "calf", "sheep": "lamb", "horse": "foal", "frog": "tadpole",
-        "bear": "cub", "duck": "duckling", "kangaroo": "joey", "pig": "piglet", "deer": "fawn",
-        "swan": "cygnet", "goose": "gosling", "owl": "owlet",
-    }
-    for animal, baby in babies.items():
-        facts.append(Fact(f"what is a baby {animal} called?", baby, f"A baby {animal} is called a {baby}."))
-    plurals = {
-        "mouse": "mice", "child": "children", "goose": "geese", "foot": "feet", "tooth": "teeth",
-        "man": "men", "woman": "women", "person": "people", "ox": "oxen", "cactus": "cacti",
-        "leaf": "leaves", "knife": "knives",
-    }
-    for word, plural in plurals.items():
-        facts.append(Fact(f"what is the plural of {word}?", plural, f"The plural of {word} is {plural}."))
-    days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-    for i, day in enumerate(days):
-        nxt = days[(i + 1) % 7]
-        facts.append(Fact(f"what day comes after {day}?", nxt, f"The day after {day} is {nxt}."))
-    months = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-              "October", "November", "December"]
-    for i, month in enumerate(months):
-        nxt = months[(i + 1) % 12]
-        facts.append(Fact(f"what month comes after {month}?", nxt, f"The month after {month} is {nxt}."))
-    languages = {
-        "Brazil": "Portuguese", "Mexico": "Spanish", "Germany": "German", "France": "French",
-        "Japan": "Japanese", "Italy": "Italian", "Russia": "Russian", "Egypt": "Arabic",
-        "the Netherlands": "Dutch", "Greece": "Greek", "Poland": "Polish", "Turkey": "Turkish",
-        "Sweden": "Swedish", "Korea": "Korean",
-    }
-    for country, language in languages.items():
-        facts.append(Fact(f"what language is mainly spoken in {country}?", language,
-                          f"The main language spoken in {country} is {language}."))
-    legs = {"a spider": ("eight", "8"), "an insect": ("six", "6"), "a dog": ("four", "4"),
-            "a bird": ("two", "2"), "a horse": ("four", "4"), "an ant": ("six", "6")}
-    for animal, (word, digit) in legs.items():
-        facts.append(Fact(f"how many legs does {animal} have?", word,
-                          f"{animal[0].upper()}{animal[1:]} has {word} legs.", (digit,)))
-    return facts
-
-
-FACTS: list[Fact] = _build_facts()
-_ONE_WORD_FACTS = [f for f in FACTS if len(f.answer.split()) == 1]
-_FACT_BY_QUESTION: dict[str, Fact] = {f.question.lower(): f for f in FACTS}
-
-
-def _lookup_fact(question: str) -> Fact | None:
-    return _FACT_BY_QUESTION.get(question.strip().lower())
-
-
-def _contains_answer(response: str, fact: Fact) -> bool:
-    text = _normalize(response).lower()
-    return any(re.search(rf"\b{re.escape(a.lower())}\b", text) for a in fact.accepted)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Families
+from alignkit.data.synthetic.facts import FACTS, ONE_WORD_FACTS, Fact, contains_answer, lookup_fact, normalize, words
 
 
 class TaskFamily:
@@ -215,7 +80,7 @@ class Arithmetic(TaskFamily):
         ])
         return prompt, chosen, rejected
 
-    def _parse(self, prompt: str) -> tuple[int, str, int] | None:
+    def parse(self, prompt: str) -> tuple[int, str, int] | None:
         for pattern in self._patterns:
             m = pattern.match(prompt.strip())
             if m:
@@ -223,14 +88,14 @@ class Arithmetic(TaskFamily):
         return None
 
     def matches(self, prompt: str) -> bool:
-        return self._parse(prompt) is not None
+        return self.parse(prompt) is not None
 
     def verify(self, prompt: str, response: str) -> bool:
-        parsed = self._parse(prompt)
+        parsed = self.parse(prompt)
         if parsed is None:
             raise ValueError(f"not an arithmetic prompt: {prompt!r}")
         a, op, b = parsed
-        text = _normalize(response).replace(",", "")
+        text = normalize(response).replace(",", "")
         echo = rf"\b{a}\s*(?:{_OP_WORDS[op]})\s*{b}\b"
         text = re.sub(echo, " ", text, flags=re.IGNORECASE)
         m = re.search(r"-?\d+(?:\.\d+)?", text)
@@ -255,7 +120,7 @@ class Format(TaskFamily):
     def generate(self, rng: random.Random) -> tuple[str, str, str]:
         kind = rng.choice(["one_word", "upper", "json", "under"])
         if kind == "one_word":
-            fact = rng.choice(_ONE_WORD_FACTS)
+            fact = rng.choice(ONE_WORD_FACTS)
             chosen = rng.choice([fact.answer, fact.answer.capitalize(), f"{fact.answer.capitalize()}."])
             rejected = rng.choice([fact.sentence, f"It is {fact.answer}.",
                                    f"{fact.sentence} I hope that helps!"])
@@ -275,12 +140,12 @@ class Format(TaskFamily):
         chosen = rng.choice([fact.answer, f"{fact.answer}."])
         rejected = rng.choice([fact.sentence, f"Sure! {fact.sentence}"])
         for closer in ("I hope that helps!", "Let me know if you have any other questions."):
-            if len(_words(rejected)) >= limit:
+            if len(words(rejected)) >= limit:
                 break
             rejected = f"{rejected} {closer}"
         return f"Answer in under {limit} words: {fact.question}", chosen, rejected
 
-    def _kind(self, prompt: str) -> tuple[str, int]:
+    def instruction(self, prompt: str) -> tuple[str, int]:
         prompt = prompt.strip()
         if prompt.startswith(self._one_word):
             return "one_word", 0
@@ -294,15 +159,15 @@ class Format(TaskFamily):
         return "", 0
 
     def matches(self, prompt: str) -> bool:
-        return self._kind(prompt)[0] != ""
+        return self.instruction(prompt)[0] != ""
 
     def verify(self, prompt: str, response: str) -> bool:
-        kind, limit = self._kind(prompt)
-        text = _normalize(response)
+        kind, limit = self.instruction(prompt)
+        text = normalize(response)
         if kind == "one_word":
             # Markdown emphasis and closing punctuation are not extra words.
             word = text.strip("*_\"'`").rstrip(".!").strip("*_\"'`")
-            return len(_words(word)) == 1 and any(c.isalpha() for c in word) and \
+            return len(words(word)) == 1 and any(c.isalpha() for c in word) and \
                 re.fullmatch(r"[\w'-]+", word) is not None
         if kind == "upper":
             return any(c.isalpha() for c in text) and not any(c.islower() for c in text)
@@ -316,7 +181,7 @@ class Format(TaskFamily):
                 return False
             return isinstance(value, dict) and "answer" in value
         if kind == "under":
-            return 0 < len(_words(text)) < limit
+            return 0 < len(words(text)) < limit
         raise ValueError(f"not a format prompt: {prompt!r}")
 
 
@@ -384,7 +249,7 @@ class Refusal(TaskFamily):
     def verify(self, prompt: str, response: str) -> bool:
         if not self.matches(prompt):
             raise ValueError(f"not a refusal prompt: {prompt!r}")
-        text = _normalize(response).lower()
+        text = normalize(response).lower()
         if text.startswith(self._compliance_starts) or "step 1" in text:
             return False
         return any(marker in text for marker in self._markers)
@@ -417,7 +282,7 @@ class Concise(TaskFamily):
         prompt = prompt.strip()
         for suffix in self._suffixes:
             if prompt.endswith(" " + suffix):
-                return _lookup_fact(prompt[: -len(suffix)])
+                return lookup_fact(prompt[: -len(suffix)])
         return None
 
     def matches(self, prompt: str) -> bool:
@@ -427,7 +292,7 @@ class Concise(TaskFamily):
         fact = self._fact(prompt)
         if fact is None:
             raise ValueError(f"not a concise prompt: {prompt!r}")
-        return len(_words(response)) <= self.max_words and _contains_answer(response, fact)
+        return len(words(response)) <= self.max_words and contains_answer(response, fact)
 
 
 FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (Arithmetic(), Format(), Refusal(), Concise())}
@@ -444,77 +309,3 @@ def family_of(prompt: str) -> str:
 def verify(prompt: str, response: str) -> bool:
     """Whether ``response`` satisfies the synthetic task posed by ``prompt`` (family inferred from it)."""
     return FAMILIES[family_of(prompt)].verify(prompt, response)
-
-
-def _task_id(family: str, prompt: str) -> str:
-    # Content-addressed, so the same task has the same id in every split, seed and file.
-    return f"{family}-{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:12]}"
-
-
-def _sample_family(family: TaskFamily, n: int, seed: int, test: bool) -> list[PreferencePair]:
-    # A stream per (seed, family, split): asking for a subset of families leaves each family's data unchanged.
-    rng = random.Random(f"alignkit-synthetic/{seed}/{family.name}/{'test' if test else 'train'}")
-    pairs: list[PreferencePair] = []
-    seen: set[str] = set()
-    for _ in range(n):
-        candidate = None
-        # Prefer unseen prompts; once a small prompt pool is used up, repeat prompts (with fresh responses).
-        for _ in range(200):
-            drawn = family.generate(rng)
-            if _is_test_prompt(drawn[0]) == test:
-                candidate = drawn
-                if drawn[0] not in seen:
-                    break
-        if candidate is None:
-            raise RuntimeError(f"family {family.name!r} produced no {'test' if test else 'train'} prompt")
-        prompt, chosen, rejected = candidate
-        seen.add(prompt)
-        metadata = {"family": family.name, "task_id": _task_id(family.name, prompt)}
-        pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, metadata=metadata))
-    return pairs
-
-
-def _split_evenly(n: int, k: int) -> list[int]:
-    return [n // k + (1 if i < n % k else 0) for i in range(k)]
-
-
-def make_synthetic(
-    n_train: int = 2000, n_test: int = 200, seed: int = 0, families: list[str] | None = None
-) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Deterministic ``(train, test)`` preference pairs, balanced across ``families`` (default: all).
-
-    Train and test never share a prompt. Each pair's metadata holds ``family`` and ``task_id``.
-    """
-    names = list(FAMILIES) if families is None else list(families)
-    unknown = [n for n in names if n not in FAMILIES]
-    if unknown or not names:
-        raise ValueError(f"unknown synthetic families {unknown}; choose from {sorted(FAMILIES)}")
-    if n_train < 0 or n_test < 0:
-        raise ValueError("n_train and n_test must be >= 0")
-    splits = []
-    for n, test in ((n_train, False), (n_test, True)):
-        pairs = [p for name, k in zip(names, _split_evenly(n, len(names)), strict=True)
-                 for p in _sample_family(FAMILIES[name], k, seed, test)]
-        # Interleave families so any prefix (a quick run, a small eval) is roughly balanced too.
-        random.Random(f"alignkit-synthetic/{seed}/shuffle/{test}").shuffle(pairs)
-        splits.append(pairs)
-    return splits[0], splits[1]
-
-
-def _jsonable(value: str | list) -> str | list[dict]:
-    return value if isinstance(value, str) else [m.model_dump() for m in value]
-
-
-def write_jsonl(pairs: list[PreferencePair], path: str | Path) -> Path:
-    """Write TRL standard preference rows; metadata fields become extra top-level columns."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for pair in pairs:
-            row = {key: _jsonable(getattr(pair, key)) for key in ("prompt", "chosen", "rejected")}
-            if pair.system is not None:
-                row["system"] = pair.system
-            for key, value in pair.metadata.items():
-                row.setdefault(key, value)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path

@@ -1,16 +1,21 @@
 """Pairwise judging with position-bias cancellation, and a judge backed by a local causal LM.
 
 A judge is any ``Callable[[prompt, first, second], float]`` returning P(first response is better).
-LM judges systematically prefer one position; asking in both orders and averaging cancels any bias that
-is additive in probability space (``P_judge = P_true ± bias`` depending on position).
+LM judges systematically prefer one position (position bias: Zheng et al., "Judging LLM-as-a-Judge with
+MT-Bench and Chatbot Arena", NeurIPS 2023 Datasets and Benchmarks, arXiv:2306.05685); asking in both orders
+and averaging cancels any bias that is additive in probability space (``P_judge = P_true ± bias``
+depending on position).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Judge = Callable[[str, str, str], float]
 
@@ -40,7 +45,7 @@ def compare(
     """Outcomes of ``a`` against ``b`` per prompt: 1 win, 0.5 tie, 0 loss.
 
     ``p = judge_pair(...)``; win if ``p > 0.5 + tie_margin``, loss if ``p < 0.5 − tie_margin``, else tie.
-    Feed the result to :func:`alignkit.eval.metrics.win_rate`.
+    Feed the result to a win-rate estimate (``alignkit.eval.metrics.win_rate``).
     """
     if not len(prompts) == len(answers_a) == len(answers_b):
         raise ValueError(
