@@ -15,10 +15,12 @@ def split_and_cap(train: list[R], evaluation: list[R] | None, eval_fraction: flo
     """Hold out ``eval_fraction`` of ``train`` (at least one record unless the fraction is 0, which means no
     held-out split; shuffled with ``seed``) when there is no ``evaluation`` set, then cap each split at
     ``max_train`` / ``max_eval`` records (None: no cap)."""
-    if evaluation is None:
+    if evaluation is None and eval_fraction <= 0:
+        evaluation = []  # nothing held out: train keeps the file's order
+    elif evaluation is None:
         shuffled = train[:]
         random.Random(seed).shuffle(shuffled)
-        n_eval = max(1, int(len(shuffled) * eval_fraction)) if eval_fraction > 0 else 0
+        n_eval = max(1, int(len(shuffled) * eval_fraction))
         evaluation, train = shuffled[:n_eval], shuffled[n_eval:]
     if max_train is not None:
         train = train[:max_train]

@@ -48,12 +48,17 @@ class PromptEncoder:
 
     tokenizer: PreTrainedTokenizerBase
     use_chat_template: bool | None = None  # None: use it when the tokenizer has one
+    # Where a response ends: "eos" stops at the end-of-sequence token (the default); "template" keeps what the
+    # chat template writes after it (ChatML's newline after <|im_end|>), as TRL's DPOTrainer scores it.
+    response_end: str = "eos"
     _adds_bos: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if self.use_chat_template is None:
             self.use_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
         self._adds_bos = _adds_bos(self.tokenizer)
+        if self.response_end not in ("eos", "template"):
+            raise ValueError(f"response_end must be 'eos' or 'template', got {self.response_end!r}")
         if self.tokenizer.eos_token_id is None:
             raise ValueError("tokenizer has no EOS token; set tokenizer.eos_token before training")
 
@@ -90,10 +95,10 @@ class PromptEncoder:
     def encode_response(self, prompt: Text, response: Text, system: str | None = None) -> list[int]:
         ids = self._ids(self.response_text(prompt, response, system))
         eos = self.tokenizer.eos_token_id
-        if eos in ids:  # drop what the template puts after the final EOS (e.g. a newline)
-            ids = ids[: len(ids) - ids[::-1].index(eos)]
-        else:
+        if eos not in ids:
             ids.append(eos)
+        elif self.response_end == "eos":  # drop what the template puts after the final EOS (e.g. a newline)
+            ids = ids[: len(ids) - ids[::-1].index(eos)]
         return ids
 
 

@@ -48,6 +48,9 @@ class DataConfig(StrictModel):
     max_length: int = Field(512, ge=2)
     max_prompt_length: int = Field(256, ge=1)
     use_chat_template: bool | None = None
+    # "eos": a response ends at the end-of-sequence token; "template": keep what the chat template writes after
+    # it (ChatML's newline), as TRL does, to reproduce TRL's numbers token for token
+    response_end: Literal["eos", "template"] = "eos"
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
     @model_validator(mode="after")

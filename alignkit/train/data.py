@@ -32,6 +32,11 @@ class RunData:
     eval_encoded: list[EncodedPair] | list[EncodedExample]
 
 
+def prompt_encoder(tokenizer, config: TrainConfig) -> PromptEncoder:
+    """The run's encoder: chat template on or off, and where a response ends (``data.response_end``)."""
+    return PromptEncoder(tokenizer, config.data.use_chat_template, config.data.response_end)
+
+
 def rejected_rows_path(run_dir, config: TrainConfig, source: str) -> Path:
     """Where the rows skipped from ``source`` go: one file per split, ``rejected_rows_train.jsonl`` or
     ``rejected_rows_eval.jsonl`` (written only when that split has rejections)."""
@@ -96,7 +101,7 @@ def load_run_data(config: TrainConfig, tokenizer, run_dir, unpaired: bool, log: 
     train, evaluation = read_splits(config, lambda pairs: pairs, lambda source: _load(source, config, run_dir, log))
     if unpaired and train and isinstance(train[0], PreferencePair):
         train, evaluation = pairs_to_binary(train), pairs_to_binary(evaluation)
-    encoder = PromptEncoder(tokenizer, data.use_chat_template)
+    encoder = prompt_encoder(tokenizer, config)
     encoded = encode_splits((train, evaluation),
                             lambda record: _encode(encoder, record, data.max_length, data.max_prompt_length),
                             data.max_length, log)

@@ -35,7 +35,7 @@ from alignkit.engine.logprobs import sequence_logps
 from alignkit.objectives.cut import cut_loss
 from alignkit.objectives.params import Params
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.data import encode_splits, prompt_encoder, read_splits, rejected_rows_path
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, method_params, register_method
 
 # The Align-N context: the reference code's template asks for "a response that ... should match the
@@ -142,7 +142,7 @@ class CutMethod(Method):
                                 rejected_rows_path=rejected_rows_path(run_dir, self.config, source), log=log).records
 
         train, evaluation = read_splits(self.config, make_judgments, read)
-        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        encoder = prompt_encoder(tokenizer, self.config)
         encoded = encode_splits(
             (train, evaluation),
             lambda r: encode_judgment(encoder, r, is_negative(r, self.positive_score), self.template, data.max_length,

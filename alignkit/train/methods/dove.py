@@ -38,7 +38,7 @@ from alignkit.objectives import OBJECTIVES, PairLogps, get_objective
 from alignkit.objectives.base import ObjectiveSpec
 from alignkit.objectives.params import Params, accepted, params_dict
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.data import encode_splits, prompt_encoder, read_splits, rejected_rows_path
 from alignkit.train.methods.base import BatchContext, StepOutput, method_params, register_method
 from alignkit.train.methods.preference import PreferenceMethod, combine_objectives
 
@@ -155,7 +155,7 @@ class DoveMethod(PreferenceMethod):
                                     rejected_rows_path=rejected_rows_path(run_dir, self.config, source), log=log)
 
         train, evaluation = read_splits(self.config, from_synthetic, read)
-        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        encoder = prompt_encoder(tokenizer, self.config)
         encoded = encode_splits((train, evaluation),
                                 lambda p: encode_joint_pair(encoder, p, data.max_length, data.max_prompt_length),
                                 data.max_length, log)

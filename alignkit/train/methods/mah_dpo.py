@@ -48,13 +48,13 @@ from torch import Tensor, nn
 from alignkit.data.readers import load_vector_pairs
 from alignkit.data.records import PreferencePair
 from alignkit.data.synthetic import SYNTHETIC_OBJECTIVES, make_vector_pairs
-from alignkit.data.tokenize import PromptEncoder, encode_pair
+from alignkit.data.tokenize import encode_pair
 from alignkit.engine.layouts import SequenceBatch, collate
 from alignkit.engine.logprobs import hidden_state_head
 from alignkit.objectives.mah_dpo import MultiHeadLM, mah_dpo_loss
 from alignkit.objectives.params import Params
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.data import encode_splits, prompt_encoder, read_splits, rejected_rows_path
 from alignkit.train.methods.base import BatchContext, Method, Rows, StepOutput, method_params, register_method
 from alignkit.train.reference import AdapterDisabledReference
 
@@ -165,7 +165,7 @@ class MahDpoMethod(Method):
         if unknown:
             raise ValueError(f"mah_dpo: the data labels objectives {unknown} that are not among heads "
                              f"{self.head_names}")
-        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        encoder = prompt_encoder(tokenizer, self.config)
         head_names = self.head_names
 
         def encode(pair: PreferencePair) -> EncodedVectorPair:

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from alignkit.data.readers import load_sft_examples
 from alignkit.data.records import SFTExample
-from alignkit.data.tokenize import PromptEncoder, encode_example
+from alignkit.data.tokenize import encode_example
 from alignkit.engine.layouts import collate
 from alignkit.engine.logprobs import sequence_logps
 from alignkit.models import load_model
@@ -36,7 +36,7 @@ from alignkit.models.builtin import cache_root
 from alignkit.objectives.params import Params
 from alignkit.objectives.poft import aligned_model_scores, poft_loss
 from alignkit.train.config import TrainConfig
-from alignkit.train.data import encode_splits, read_splits, rejected_rows_path
+from alignkit.train.data import encode_splits, prompt_encoder, read_splits, rejected_rows_path
 from alignkit.train.methods.base import (
     BatchContext,
     Method,
@@ -85,7 +85,7 @@ def score_with_aligned_models(examples: list[SFTExample], specs: list[str], conf
     for spec in specs:
         model, tokenizer = load_model(spec, dtype=config.model.dtype, device=config.model.device,
                                       trust_remote_code=config.model.trust_remote_code, log=log)
-        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        encoder = prompt_encoder(tokenizer, config)
         rows = []
         for ex in examples:
             encoded = encode_example(encoder, ex.prompt, ex.response, ex.system, data.max_length,
@@ -130,7 +130,7 @@ class PoftMethod(Method):
 
         train, evaluation = read_splits(self.config, from_synthetic, read)
         scores = score_with_aligned_models(train + evaluation, self.aligned_models, self.config, log)
-        encoder = PromptEncoder(tokenizer, data.use_chat_template)
+        encoder = prompt_encoder(tokenizer, self.config)
 
         def encode(indexed: tuple[int, SFTExample]) -> EncodedSFT:
             i, ex = indexed  # i indexes train + evaluation, as the scores do
