@@ -51,6 +51,8 @@ def quickstart_config(output_dir: Path, steps: int, overrides: list[str] | None 
         "eval_every=30",
         "save_every=30",
         "bf16=false",
+        # the quickstart's directory is its own: `make quickstart` again replaces the previous quickstart run
+        "overwrite=true",
         *(overrides or []),
     ])
 

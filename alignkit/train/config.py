@@ -46,7 +46,7 @@ class DataConfig(StrictModel):
     max_eval_examples: int | None = Field(200, ge=0)
     max_train_examples: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=2)
-    max_prompt_length: int = Field(256, ge=1)
+    max_prompt_length: int | None = Field(None, ge=1)  # None: half of max_length
     use_chat_template: bool | None = None
     # "eos": a response ends at the end-of-sequence token; "template": keep what the chat template writes after
     # it (ChatML's newline), as TRL does, to reproduce TRL's numbers token for token
@@ -55,6 +55,8 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> DataConfig:
+        if self.max_prompt_length is None:
+            self.max_prompt_length = self.max_length // 2
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
                              f"({self.max_length}): the response needs room")
@@ -156,6 +158,7 @@ class TrainConfig(StrictModel):
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides, validated as one TrainConfig."""
     tree: dict[str, Any] = TrainConfig().model_dump(mode="json")
+    tree["data"]["max_prompt_length"] = None  # derived from max_length unless the file or an override sets it
     if path is not None:
         deep_merge(tree, read_yaml_mapping(path))
     if overrides:

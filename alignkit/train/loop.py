@@ -8,6 +8,7 @@ reference policies (``reference``) supply the reference log-probs.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,8 +111,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
                               "before its first save cannot be resumed); start it again without --resume "
                               "(with --overwrite if the directory holds its files)")
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=config.model.device == "cpu", log_with=config.report_to or None,
+                              cpu=config.model.device == "cpu" or not torch.cuda.is_available(),
+                              log_with=config.report_to or None,
                               project_dir=str(out_dir / "trackers"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:  # N independent copies would all write the same directory
+        raise RuntimeError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}; "
+                           "check the launcher and `accelerate env`")
     if not accelerator.is_main_process:
         log = _silent  # one process speaks for the run
     # Everything above only reads; from here on the directory is ours (an earlier run is refused or set aside).

@@ -72,3 +72,12 @@ def test_debug_shows_the_traceback(tmp_path):
     result = runner.invoke(app, ["--debug", "train", "-c", str(config)])
     assert result.exit_code != 0 and result.exception is not None
     assert one_line_error(runner.invoke(app, ["train", "-c", str(config)]))  # the next call is quiet again
+
+
+def test_quickstart_config_is_valid_and_rerunnable(tmp_path):
+    from alignkit.quickstart import quickstart_config
+
+    config = quickstart_config(tmp_path / "qs", 60, None)
+    assert config.overwrite and config.data.max_prompt_length < config.data.max_length
+    rejected = runner.invoke(app, ["quickstart", "--steps", "-1", "--output-dir", str(tmp_path / "qs")])
+    assert rejected.exit_code == 2 and "--steps" in rejected.output and not (tmp_path / "qs").exists()
