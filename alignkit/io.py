@@ -109,6 +109,12 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = True) -> list[Any]:
 
 
 def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = True) -> Iterator[Any]:
+    for _, value in numbered_jsonl(path, tolerate_torn_tail):
+        yield value
+
+
+def numbered_jsonl(path: str | Path, tolerate_torn_tail: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line; see :func:`read_jsonl` for the torn last line."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
@@ -117,12 +123,12 @@ def iter_jsonl(path: str | Path, tolerate_torn_tail: bool = True) -> Iterator[An
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as error:
             if tolerate_torn_tail and torn_candidate and number == len(lines):
                 logger.warning("%s:%d: dropped a torn last line (the writer was interrupted)", path, number)
                 return
-            raise JsonlError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            raise JsonlError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
 
 
 def atomic_directory(target: str | Path, fill: Callable[[Path], Any]) -> Path:

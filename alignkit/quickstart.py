@@ -8,7 +8,6 @@ rate of greedy generations, likelihood ranking accuracy and implicit reward marg
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.table import Table
 from alignkit.data.synthetic import family_of, make_synthetic, verify
 from alignkit.data.tokenize import PromptEncoder
 from alignkit.engine.generation import generate
+from alignkit.io import atomic_write_json, read_jsonl, write_jsonl
 from alignkit.models import load_model
 from alignkit.train.config import TrainConfig, load_config
 from alignkit.train.loop import train
@@ -119,19 +119,18 @@ def run_quickstart(output_dir: Path = Path("runs/quickstart"), steps: int = 60,
         table.add_row(label, f"{first_eval.get(key, float('nan')):.3f}", f"{last_eval.get(key, float('nan')):.3f}")
     console.print(table)
 
-    with (output_dir / "samples.jsonl").open("w", encoding="utf-8") as handle:
-        for prompt, b, a in zip(prompts, before, after, strict=True):
-            handle.write(json.dumps({"prompt": prompt, "before": b, "after": a, "verified_before": verify(prompt, b),
-                                     "verified_after": verify(prompt, a)}) + "\n")
+    write_jsonl(output_dir / "samples.jsonl", (
+        {"prompt": prompt, "before": b, "after": a, "verified_before": verify(prompt, b),
+         "verified_after": verify(prompt, a)} for prompt, b, a in zip(prompts, before, after, strict=True)))
     summary = {"pass_rate_before": before_rates, "pass_rate_after": after_rates, "eval_before": first_eval,
                "eval_after": last_eval, "seconds": time.perf_counter() - start, "steps": steps}
-    (output_dir / "quickstart_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(output_dir / "quickstart_summary.json", summary)
     console.print(f"total time {summary['seconds'] / 60:.1f} min; run directory {output_dir} "
                   f"(metrics.jsonl, samples.jsonl, final/)")
     return summary
 
 
 def _eval_lines(path: Path) -> tuple[dict, dict]:
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = read_jsonl(path)
     evals = [line for line in lines if line["split"] == "eval"]
     return evals[0], evals[-1]

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from alignkit.io import atomic_write
+from alignkit.io import JsonlError, atomic_write, numbered_jsonl
 from alignkit.report.plots import is_number, metrics_figures, ordered_groups, per_example_section, split_order
 
 MAX_SAMPLES = 100
@@ -69,20 +69,16 @@ class ReportError(ValueError):
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; any bad line raises naming file and line."""
+    """(line number, object) for each non-blank line. A torn last line (a run killed mid-append) is dropped
+    with a warning; any other bad line raises naming file and line."""
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                msg = f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})"
-                raise ReportError(msg) from None
+    try:
+        for lineno, obj in numbered_jsonl(path):
             if not isinstance(obj, dict):
                 raise ReportError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             rows.append((lineno, obj))
+    except JsonlError as err:
+        raise ReportError(str(err)) from None
     return rows
 
 

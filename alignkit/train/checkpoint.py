@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from alignkit.io import atomic_directory
 
 REQUIRED_FILES = ("weights.safetensors", "optimizer.pt", "trainer_state.json")
 
@@ -63,18 +63,15 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, state
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file(trainable_state(model), str(tmp / "weights.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         payload = {"trainer": asdict(state), "rng": _rng_state()}
         (tmp / "trainer_state.json").write_text(json.dumps(payload))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_directory(target, fill)  # written whole, fsynced, renamed: a visible step-* is always complete
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target

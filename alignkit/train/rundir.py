@@ -39,7 +39,8 @@ def run_entries(out_dir: Path) -> list[Path]:
 def clear_stale(out_dir: Path, log: Callable[[str], None]) -> None:
     """Remove what a kill left behind: ``checkpoints/.tmp-*`` and ``.tmp-final-*``; restore ``final/`` if a
     kill fell in the middle of swapping it."""
-    stale = list((out_dir / "checkpoints").glob(".tmp-*")) if (out_dir / "checkpoints").is_dir() else []
+    checkpoints = out_dir / "checkpoints"
+    stale = [*checkpoints.glob(".tmp-*"), *checkpoints.glob(".old-*")] if checkpoints.is_dir() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     stale += remove_stale_siblings(out_dir / "final")

@@ -135,7 +135,7 @@ def test_report_missing_pieces_are_noted(tmp_path):
 @pytest.mark.parametrize(
     "bad_line, message",
     [
-        ('{"step": 3, "split": "train", "loss": 0.5', "malformed JSON"),
+        ('{"step": 3, "split": "train", "loss": 0.5', "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
         ('{"split": "train", "loss": 0.5}', "'step' must be an integer"),
         ('{"step": 4, "split": 7}', "'split' must be a string"),
@@ -149,6 +149,15 @@ def test_malformed_metrics_line_names_file_and_line(tmp_path, bad_line, message)
     with pytest.raises(ReportError, match=message) as info:
         write_report(run)
     assert f"{run / 'metrics.jsonl'}:4:" in str(info.value)
+
+
+def test_a_torn_last_metrics_line_is_dropped(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = json.dumps({"step": 1, "split": "train", "loss": 0.7})
+    (run / "metrics.jsonl").write_text(f"{good}\n{good}\n" + '{"step": 3, "split": "tr')  # killed mid-append
+    text = write_report(run).read_text()  # before: ReportError for the torn line
+    assert "No training metrics" not in text and "<img" in text
 
 
 # --------------------------------------------------------------------------------------------------
