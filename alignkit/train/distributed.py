@@ -58,3 +58,25 @@ def main_first(accelerator: Accelerator, fn: Callable[[], T]) -> T | None:
             raise RuntimeError(f"the main process failed: {message}") from None
     accelerator.wait_for_everyone()
     return result
+
+
+def sharded_evaluate(accelerator: Accelerator, method, ctx, items: list, batch_size: int, precomputed,
+                     state: dict) -> dict[str, float]:
+    """The method's eval metrics, with the batches split across processes when the method uses the shared
+    batch-by-batch evaluation (``Method.evaluate``); a method with its own ``evaluate`` (whole-set statistics)
+    runs it on every process. Every process returns the same numbers."""
+    from alignkit.train.methods.base import Method
+
+    if accelerator.num_processes == 1 or type(method).evaluate is not Method.evaluate:
+        return method.evaluate(ctx, items, batch_size, precomputed, state)
+    from accelerate.utils import gather_object
+
+    sums, count = method.evaluate_sums(ctx, items, batch_size, precomputed, state, accelerator.process_index,
+                                       accelerator.num_processes)
+    totals: dict[str, float] = {}
+    examples = 0
+    for part_sums, part_count in gather_object([(sums, count)]):
+        examples += part_count
+        for key, value in part_sums.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return {key: value / max(examples, 1) for key, value in totals.items()}

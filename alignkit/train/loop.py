@@ -33,7 +33,7 @@ from alignkit.train.checkpoint import (
     save_checkpoint,
 )
 from alignkit.train.config import TrainConfig, dump_config
-from alignkit.train.distributed import main_first, reduce_metrics
+from alignkit.train.distributed import main_first, reduce_metrics, sharded_evaluate
 from alignkit.train.methods import BatchContext, Method, build_method
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
 from alignkit.train.rundir import ReplacedRun, claim, truncate_metrics
@@ -209,12 +209,15 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     eval_metrics: dict[str, float] = {}
     last_good = latest_checkpoint(out_dir)
 
+    def run_eval() -> dict[str, float]:
+        return sharded_evaluate(accelerator, method, ctx, eval_items, config.batch_size, eval_precomputed,
+                                state.objective_state)
+
     evaluate = bool(eval_items)
     if not evaluate:
         log("no eval split (data.eval unset and eval_fraction 0, or max_eval_examples 0): evals are skipped")
     if state.step == 0 and config.eval_every and evaluate:  # the baseline every later eval is compared with
-        eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
-                                       state.objective_state)
+        eval_metrics = run_eval()
         run_log.write(0, "eval", eval_metrics)
         log(f"eval before training: {_short(eval_metrics)}")
 
@@ -262,8 +265,7 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
             progress.update(state.step, last_metrics)
 
             if evaluate and config.eval_every and state.step % config.eval_every == 0 and state.step < config.max_steps:
-                eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed,
-                                               state.objective_state)
+                eval_metrics = run_eval()
                 run_log.write(state.step, "eval", eval_metrics)
                 progress.note(f"eval step {state.step}: " + _short(eval_metrics))
             if config.save_every and state.step % config.save_every == 0:
@@ -279,7 +281,7 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                 return RunResult(out_dir, out_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
 
     if evaluate:
-        eval_metrics = method.evaluate(ctx, eval_items, config.batch_size, eval_precomputed, state.objective_state)
+        eval_metrics = run_eval()
         run_log.write(state.step, "eval", eval_metrics)
         log(f"final eval: {_short(eval_metrics)}")
     final_dir = out_dir / "final"

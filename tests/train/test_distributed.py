@@ -70,3 +70,23 @@ def test_resuming_with_another_process_count_is_one_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tests.train.run_tiny", str(tmp_path / "two"), *COMMON,
                            "batch_size=2", "resume=true"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "resume with the same number of processes" in done.stderr
+
+
+def test_eval_batches_split_across_processes_add_up_to_the_whole(tmp_path, tokenizer):
+    import torch
+
+    from alignkit.models import tiny_llama
+    from alignkit.train.config import load_config
+    from alignkit.train.methods import BatchContext, build_method
+
+    config = load_config(None, [f"output_dir={tmp_path}", "objectives=[{name: simpo}]", "batch_size=2",
+                                "data.synthetic.n_train=16", "data.synthetic.n_test=10", "lora.enabled=false"])
+    method = build_method(config)
+    _, items = method.load(tokenizer, tmp_path, lambda m: None)
+    ctx = BatchContext(tiny_llama(tokenizer), None, tokenizer.pad_token_id, 1024, None, torch.device("cpu"),
+                       tokenizer)
+    whole, n = method.evaluate_sums(ctx, items, 2, None, {})
+    parts = [method.evaluate_sums(ctx, items, 2, None, {}, rank=r, world=2) for r in range(2)]
+    assert 0 < parts[0][1] < n and parts[0][1] + parts[1][1] == n  # each process did part of the work
+    for key, value in whole.items():
+        assert parts[0][0][key] + parts[1][0][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key

@@ -85,21 +85,28 @@ class Method(ABC):
     def evaluate(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict
                  ) -> dict[str, float]:
         """Example-weighted mean of step metrics over ``items`` (no gradients, eval mode)."""
+        sums, count = self.evaluate_sums(ctx, items, batch_size, precomputed, state)
+        return {key: value / max(count, 1) for key, value in sums.items()}
+
+    def evaluate_sums(self, ctx: BatchContext, items: list, batch_size: int, precomputed, state: dict,
+                      rank: int = 0, world: int = 1) -> tuple[dict[str, float], int]:
+        """Example-weighted metric sums and the example count over this process's share of the eval batches
+        (batch k goes to process k mod ``world``), so several processes split an eval and add up."""
         was_training = ctx.model.training
         ctx.model.eval()
         sums: dict[str, float] = {}
         count = 0
         with torch.no_grad():
-            for start in range(0, len(items), batch_size):
+            for k, start in enumerate(range(0, len(items), batch_size)):
                 indices = list(range(start, min(start + batch_size, len(items))))
-                if len(indices) < 2 and start:  # a lone trailing example breaks in-batch statistics
-                    continue
+                if k % world != rank or (len(indices) < 2 and start):  # a lone trailing example breaks
+                    continue                                             # in-batch statistics
                 out = self.step(ctx, items, indices, precomputed, state, training=False)
                 for key, value in out.metrics.items():
                     sums[key] = sums.get(key, 0.0) + value * len(indices)
                 count += len(indices)
         ctx.model.train(was_training)
-        return {key: value / max(count, 1) for key, value in sums.items()}
+        return sums, count
 
 
 METHODS: dict[str, type[Method]] = {}
