@@ -9,9 +9,16 @@ KTO/BCO take :class:`UnpairedLogps` (one thumbs-up/down label per example, log-p
 tokens). Losses are per example in input order; the loop's mean over B equals TRL's ``nanmean`` over
 its concatenated [desirable, undesirable] losses. Batch statistics (KTO's z0, BCO's δ) are computed from
 the tensors passed in: on several ranks the loop must pass gathered tensors or ranks will disagree.
+
+BCO's underlying distribution matching (UDM) needs a prompt classifier: :func:`fit_udm_classifier` (a
+class-balanced, L2-penalised logistic regression on prompt embeddings, fitted in torch) and
+:func:`udm_density_ratio` give the per-example weights :func:`bco` takes; the preference method computes the
+embeddings and supplies the weights when a config sets ``udm: true``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +66,9 @@ def kto(logps: UnpairedLogps, *, beta: float = 0.1, desirable_weight: float = 1.
     """KTO (Ethayarajh et al., ICML 2024, arXiv 2402.01306), TRL ``KTOTrainer(loss_type="kto")``.
 
     ``r = log π_θ(y|x) - log π_ref(y|x)`` (summed), ``z0 = clamp_min(mean(kl_policy - kl_ref), 0).detach()``
-    where ``kl_*`` are log-probs of mismatched (prompt_i, completion_{i+1}) pairs from the same batch.
+    where ``kl_*`` are log-probs of mismatched pairs: example i's prompt with the completion of an example
+    whose prompt differs (TRL cycles completions within the batch; the preference method picks partners by a
+    seeded derangement over prompt groups, so no partner shares the example's prompt).
     Desirable: ``λ_D·(1 - σ(β(r - z0)))``; undesirable: ``λ_U·(1 - σ(β(z0 - r)))``.
     Defaults: β = 0.1, λ_D = λ_U = 1.0 (TRL). With imbalanced classes keep λ_D·n_D/(λ_U·n_U) in [1, 4/3].
     Metrics: ``kl`` (z0), per-class rewards/logps/logits, ``rewards/margins``, ``count/*``.
@@ -97,9 +106,11 @@ def _running_delta(state: dict[str, float], rewards: Tensor, training: bool) -> 
 
 
 class BCOParams(Params):
-    """Parameters of :func:`bco` (``weights`` is a per-batch tensor, given only through the Python API)."""
+    """Parameters of :func:`bco` (``weights`` is a per-batch tensor, supplied by the method when ``udm``)."""
 
     beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (TRL: 0.1)")
+    udm: bool = Field(False, description="underlying distribution matching: weight undesirable examples by a "
+                                         "prompt classifier's density ratio (paper's UDM; off as in TRL)")
     min_density_ratio: float = Field(0.5, ge=0, description="lower clamp of the UDM density-ratio weights (TRL: 0.5)")
     max_density_ratio: float = Field(10.0, gt=0, description="upper clamp of the UDM density-ratio weights (TRL: 10)")
 
@@ -114,19 +125,29 @@ class BCOParams(Params):
 
 @register("bco", inputs="unpaired", stateful=True, params=BCOParams)
 def bco(logps: UnpairedLogps, *, state: dict[str, float], beta: float = 0.1, training: bool = True,
-        weights: Tensor | None = None, min_density_ratio: float = 0.5,
+        weights: Tensor | None = None, udm: bool = False, min_density_ratio: float = 0.5,
         max_density_ratio: float = 10.0) -> ObjectiveOutput:
     """BCO (Jung et al., ACL 2025, arXiv 2404.04656), TRL's ``BCOTrainer.bco_loss`` (not in trl 1.16).
 
     ``r = β·(log π_θ - log π_ref)`` (summed); δ = running mean of all rewards (see ``_running_delta``).
-    Desirable: ``-log σ(r - δ)``; undesirable: ``-w·log σ(-(r - δ))``. ``weights`` are the
-    underlying-distribution-matching density ratios ``p/(1-p)``, ``p = P(desirable | prompt embedding)``
-    from a classifier the caller fits (Python API only: a config cannot pass a tensor); they are clamped
-    to [min_density_ratio, max_density_ratio] and apply to undesirable examples only (desirable weight 1).
+    Desirable: ``-log σ(r - δ)``; undesirable: ``-w·log σ(-(r - δ))``.
+
+    **Underlying distribution matching** (``udm``, for desirable and undesirable prompts drawn from different
+    distributions): ``weights`` are density ratios ``p/(1-p)``, ``p = P(desirable | prompt embedding)`` from a
+    class-balanced logistic-regression classifier (:func:`fit_udm_classifier`, :func:`udm_density_ratio`); they
+    are clamped per example to [min_density_ratio, max_density_ratio] and apply to undesirable examples only
+    (desirable weight 1), as in TRL. In training, the preference method fits the classifier once on the frozen
+    starting model's prompt embeddings and supplies ``weights`` when ``udm=True``; ``udm=True`` without
+    ``weights`` is an error. From Python, ``weights`` may also be passed directly.
     ``state`` is owned and checkpointed by the loop; ``training=False`` leaves δ unchanged.
-    Defaults: β = 0.1, ratios clamped to [0.5, 10] (TRL).
+    Defaults: β = 0.1, UDM off, ratios clamped to [0.5, 10] (TRL).
+    Metrics: ``delta``, per-class rewards/logps/logits, ``rewards/margins``, ``count/*``, and with weights
+    ``udm_weight/mean`` (mean clamped weight of the undesirable examples).
     """
     require_reference(logps, "bco")
+    if udm and weights is None:
+        raise ValueError("objective 'bco' with udm=True needs per-example density-ratio weights (the preference "
+                         "method supplies them; from Python pass weights=udm_density_ratio(...))")
     assert logps.ref is not None
     label = logps.label.bool()
     rewards = beta * (logps.policy.float() - logps.ref.float())
@@ -141,6 +162,77 @@ def bco(logps: UnpairedLogps, *, state: dict[str, float], beta: float = 0.1, tra
     loss = torch.where(label, -F.logsigmoid(shifted), undesirable)
     metrics["delta"] = torch.tensor(delta)
     return ObjectiveOutput(loss, metrics)
+
+
+# -------------------------------------------------------------------------------- UDM prompt classifier
+
+
+@dataclass(frozen=True)
+class UDMClassifier:
+    """P(desirable | prompt embedding): logistic regression on standardised embeddings."""
+
+    centre: Tensor  # [D] feature means of the fit sample
+    scale: Tensor  # [D] feature standard deviations (1 where constant)
+    coef: Tensor  # [D]
+    bias: Tensor  # []
+    accuracy_desirable: float  # training accuracy per class (TRL logs these two scores)
+    accuracy_undesirable: float
+
+    @property
+    def accuracy(self) -> float:
+        """Balanced training accuracy: the mean of the two per-class accuracies."""
+        return (self.accuracy_desirable + self.accuracy_undesirable) / 2
+
+    def prob_desirable(self, embeddings: Tensor) -> Tensor:
+        x = (embeddings.double().cpu() - self.centre) / self.scale
+        return torch.sigmoid(x @ self.coef + self.bias).float()
+
+
+def fit_udm_classifier(desirable: Tensor, undesirable: Tensor, c: float = 1.0, max_iter: int = 500
+                       ) -> UDMClassifier:
+    """Fit BCO's UDM classifier on prompt embeddings [n_d, D] (label 1) and [n_u, D] (label 0).
+
+    The objective of scikit-learn's ``LogisticRegression(class_weight="balanced")`` with its default C = 1,
+    which TRL's BCOTrainer uses: ``0.5·‖w‖² + C·Σ_i s_i·logloss_i`` with ``s_i = n / (2·n_class(i))`` and an
+    unpenalised intercept, minimised by L-BFGS in float64. Features are standardised with the fit sample's
+    mean and standard deviation first (hidden states have a few huge dimensions; the penalty then treats all
+    dimensions alike), so the solution differs from scikit-learn's on raw features by that rescaling.
+    """
+    if desirable.shape[0] == 0 or undesirable.shape[0] == 0:
+        raise ValueError("the UDM classifier needs prompts of both classes (desirable and undesirable)")
+    x = torch.cat([desirable, undesirable]).double().cpu()
+    y = torch.cat([torch.ones(desirable.shape[0]), torch.zeros(undesirable.shape[0])]).double()
+    n, n_d, n_u = x.shape[0], desirable.shape[0], undesirable.shape[0]
+    sample_weight = torch.where(y > 0, n / (2 * n_d), n / (2 * n_u)).double()
+    centre = x.mean(0)
+    scale = x.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
+    xs = (x - centre) / scale
+    coef = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([coef, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
+                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        logloss = F.binary_cross_entropy_with_logits(xs @ coef + bias, y, reduction="none")
+        objective = 0.5 * coef.pow(2).sum() + c * (sample_weight * logloss).sum()
+        objective.backward()
+        return objective
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    coef, bias = coef.detach(), bias.detach()
+    predicted = (xs @ coef + bias) > 0
+    return UDMClassifier(centre, scale, coef, bias,
+                         accuracy_desirable=float(predicted[:n_d].double().mean()),
+                         accuracy_undesirable=float((~predicted[n_d:]).double().mean()))
+
+
+def udm_density_ratio(prob_desirable: Tensor) -> Tensor:
+    """``p / (1 - p)`` with TRL's 1e-8 guard; :func:`bco` clamps it to [min_density_ratio, max_density_ratio]."""
+    p = prob_desirable.float()
+    return p / (1 - p + 1e-8)
 
 
 class BCOPairParams(Params):

@@ -7,7 +7,9 @@ Confidence: IPO loss and mixture sampling HIGH (TRL); soft-label online-IPO form
 
 **Online IPO.** For each prompt x draw y, y' from the current policy (no gradient through sampling), ask
 a pairwise preference model p = P(y ≻ y' | x), and regress the log-ratio difference onto the centred
-preference (h = log π_θ − log π_ref, per-token averaged by default as for IPO in TRL)::
+preference. As in the paper, h = log π_θ − log π_ref is the **sequence-level** log-ratio (log-probs summed
+over response tokens); ``length_normalize=True`` divides each by its token count instead (TRL's convention
+for offline IPO, kept as an option)::
 
     L = ( h(y) − h(y') − (p − ½)/τ )²
     hard labels: target (I − ½)/τ = ±1/(2τ) with I = 1[p > ½]  (a tie p = ½ counts as y' winning)
@@ -57,20 +59,19 @@ def online_ipo_loss(
     hard_labels: bool = False,
     tokens_y: Tensor | None = None,
     tokens_y2: Tensor | None = None,
-    length_normalize: bool = True,
+    length_normalize: bool = False,
 ) -> ObjectiveOutput:
     """Per-example online-IPO / IPO-MD loss (h(y) − h(y') − target)², shape [B].
 
     Args:
         policy_y, policy_y2, ref_y, ref_y2: [B] policy/reference log-probs of the two samples, summed over
-            response tokens (then pass ``tokens_*``) or already per-token averaged (then pass
-            ``length_normalize=False``).
+            response tokens.
         preference_prob: [B] p = P(y ≻ y' | x), ideally :func:`symmetrized_preference`.
         tau: IPO regulariser τ; the target margin is up to ±1/(2τ).
         hard_labels: regress onto ±1/(2τ) from 1[p > ½] instead of the soft (p − ½)/τ.
         tokens_y, tokens_y2: [B] response token counts, required when ``length_normalize``.
-        length_normalize: divide each log-ratio by its token count (TRL's IPO convention; keeps τ
-            meaningful across lengths).
+        length_normalize: divide each log-ratio by its token count (TRL's offline-IPO convention; τ then
+            reads per token). Default False: the paper's sequence-level log-ratios.
 
     Metrics: ``delta`` (mean h(y) − h(y')), ``target``, ``rewards/probabilities`` (mean p),
     ``logps/y``, ``logps/y2`` (raw policy log-probs as given).
@@ -81,8 +82,7 @@ def online_ipo_loss(
     h_y2 = policy_y2.float() - ref_y2.float()
     if length_normalize:
         if tokens_y is None or tokens_y2 is None:
-            raise ValueError("online_ipo_loss: length_normalize needs tokens_y and tokens_y2 "
-                             "(or pass per-token averaged log-probs with length_normalize=False)")
+            raise ValueError("online_ipo_loss: length_normalize needs tokens_y and tokens_y2")
         h_y = h_y / tokens_y.float().clamp(min=1.0)
         h_y2 = h_y2 / tokens_y2.float().clamp(min=1.0)
     target = ipo_target(preference_prob, tau, hard_labels)

@@ -215,10 +215,15 @@ def slic(logps: PairLogps, *, delta: float = 1.0, nll_weight: float = 0.5) -> Ob
     arXiv 2305.10425), original reference-free form.
 
     ``L = max(0, δ - log π(y+|x) + log π(y-|x)) + λ·NLL(y+)`` with **raw summed** log-likelihoods in the
-    hinge and the token-mean NLL of the chosen response as the regulariser (the paper regularises towards
-    SFT targets y_ref; the chosen responses stand in for them). Defaults: δ = 1.0 (paper), λ = 0.5
-    **[LOW confidence: not checked against the paper's tables]**. Without λ the hinge can push both
-    likelihoods down.
+    hinge and the chosen response as the regulariser's target (the paper regularises towards SFT targets
+    y_ref; the chosen responses stand in for them). **The NLL term is the per-token mean**,
+    ``-log π(y+|x) / |y+|``, not the summed ``-log π(y_ref|x)`` the paper writes: the token mean is the usual
+    SFT cross-entropy (TRL's "sft" term, RPO's default here), and it keeps λ's meaning independent of
+    response length. Summed, the NLL of a 200-token response is ~200 times that of a 1-token one, so a fixed
+    λ would let the regulariser swamp the δ = 1 hinge on long responses and vanish on short ones; with the
+    mean, λ scales an average per-token NLL (a few nats at most) against the hinge whatever the length. Defaults:
+    δ = 1.0 (paper), λ = 0.5 **[LOW confidence: not checked against the paper's tables]**. Without λ the
+    hinge can push both likelihoods down.
     """
     margin = logps.chosen.float() - logps.rejected.float()
     slack = delta - margin
@@ -312,12 +317,12 @@ class SimPOParams(Params):
     """Parameters of :func:`simpo`."""
 
     beta: float = Field(2.0, gt=0, description="β, scale of the length-normalised reward (SimPO repo: 2.0)")
-    gamma_beta_ratio: float = Field(0.5, ge=0, description="γ/β, the target reward margin over β (SimPO repo: 0.5)")
+    gamma_beta_ratio: float = Field(0.25, ge=0, description="γ/β, the target reward margin over β (SimPO repo: 0.25)")
     label_smoothing: float = Field(0.0, ge=0, le=0.5, description="conservative (cDPO-style) label-flip rate ε")
 
 
 @register("simpo", needs_reference=False, params=SimPOParams)
-def simpo(logps: PairLogps, *, beta: float = 2.0, gamma_beta_ratio: float = 0.5,
+def simpo(logps: PairLogps, *, beta: float = 2.0, gamma_beta_ratio: float = 0.25,
           label_smoothing: float = 0.0) -> ObjectiveOutput:
     """SimPO (Meng, Xia, Chen, "SimPO: Simple Preference Optimization with a Reference-Free Reward",
     NeurIPS 2024, arXiv 2405.14734), TRL ``CPOTrainer(loss_type="simpo", cpo_alpha=0)``; reference-free.
@@ -325,8 +330,11 @@ def simpo(logps: PairLogps, *, beta: float = 2.0, gamma_beta_ratio: float = 0.5,
     ``L = -log σ(β·(avg_w - avg_l) - γ)`` with mean per-token log-probs and ``γ = gamma_beta_ratio·β``
     (the SimPO repo's parametrisation). TRL's ``simpo_gamma`` is γ itself (it subtracts simpo_gamma/β
     and then multiplies by β), so TRL ``simpo_gamma = gamma_beta_ratio·β``. ``label_smoothing`` gives the
-    same conservative form as TRL. Defaults: β = 2.0, γ/β = 0.5 (SimPO repo; TRL's own defaults are
-    β = 0.1, simpo_gamma = 0.5). As in TRL, ``rewards/*`` are β·mean-log-prob and ``logps/*`` mean log-probs.
+    same conservative form as TRL. Defaults: β = 2.0, γ/β = 0.25, the defaults of ``SimPOConfig`` in the
+    authors' repository (princeton-nlp/SimPO, ``scripts/simpo_config.py``); its per-model training configs
+    tune both (β 2.5 with γ/β 0.55 for Llama-3-8B-Instruct, β 10 with γ/β 0.3-0.5 for the v2 and Gemma-2
+    runs), and TRL's own defaults are β = 0.1, simpo_gamma = 0.5. As in
+    TRL, ``rewards/*`` are β·mean-log-prob and ``logps/*`` mean log-probs.
     """
     _check_smoothing(label_smoothing, "simpo")
     avg_w = token_mean(logps.chosen, logps.chosen_tokens)

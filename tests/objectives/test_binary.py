@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from alignkit.objectives import OBJECTIVES, PairLogps, UnpairedLogps, get_objective
+from alignkit.objectives.binary import fit_udm_classifier, udm_density_ratio
 
 from .trl_harness import trl_kto
 
@@ -64,12 +65,20 @@ def test_kto_hand_values() -> None:
     close(out.loss[:2], [1.3 * (1 - sig(0.5 * (1 - z0))), 0.7 * (1 - sig(0.5 * (z0 + 1)))])
 
 
-def test_kto_kl_is_clamped_and_detached() -> None:
-    kl_policy = t(-7, -7, -7, -7).requires_grad_()
-    out = get_objective("kto").fn(unpaired(kl_policy=kl_policy))  # mean(kl_policy - kl_ref) < 0
+def test_kto_kl_is_clamped() -> None:
+    out = get_objective("kto").fn(unpaired(kl_policy=t(-7, -7, -7, -7)))  # mean(kl_policy - kl_ref) < 0
     close(out.metrics["kl"], 0.0)
     close(out.loss[0], 1 - sig(0.1))
-    assert not out.loss.requires_grad or kl_policy.grad is None
+
+
+def test_kto_kl_is_detached() -> None:
+    # z0 = 0.25 > 0, so the clamp passes the gradient through and only .detach() keeps it off the KL rows.
+    policy, kl_policy = t(-5, -8, -3, -9).requires_grad_(), t(-5, -6, -7, -8).requires_grad_()
+    out = get_objective("kto").fn(unpaired(policy=policy, kl_policy=kl_policy))
+    assert float(out.metrics["kl"]) > 0
+    out.loss.sum().backward()
+    assert kl_policy.grad is None
+    assert policy.grad is not None and (policy.grad != 0).all()
 
 
 def test_kto_needs_kl_and_reference() -> None:
@@ -143,11 +152,58 @@ def test_bco_eval_does_not_update_delta() -> None:
 
 def test_bco_udm_weights_are_clamped_and_only_hit_undesirable() -> None:
     state = {"delta_mean": 0.0, "delta_count": 1e6}  # δ barely moves, so the numbers stay readable
-    out = get_objective("bco").fn(unpaired(), state=state, weights=t(7.0, 20.0, 0.1, 0.2))
+    out = get_objective("bco").fn(unpaired(), state=state, weights=t(7.0, 20.0, 0.1, 0.2), udm=True)
     d = state["delta_mean"]
     close(out.loss, [-math.log(sig(0.1 - d)), -10 * math.log(sig(0.1 + d)),
                      -math.log(sig(0.1 - d)), -0.5 * math.log(sig(0.1 + d))], tol=1e-6)
     close(out.metrics["udm_weight/mean"], (10 + 0.5) / 2)
+
+
+def test_bco_udm_without_weights_is_an_error() -> None:
+    with pytest.raises(ValueError, match="udm"):
+        get_objective("bco").fn(unpaired(), state={}, udm=True)
+
+
+def _udm_objective(x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """scikit-learn's balanced, C = 1 logistic-regression objective, written out independently."""
+    n, n_pos = len(y), float(y.sum())
+    s = torch.where(y > 0, n / (2 * n_pos), n / (2 * (n - n_pos)))
+    z = x @ coef + bias
+    logloss = torch.log1p(torch.exp(-z)) * y + torch.log1p(torch.exp(z)) * (1 - y)
+    return 0.5 * coef.pow(2).sum() + (s * logloss).sum()
+
+
+def test_udm_classifier_is_the_balanced_logistic_regression_optimum() -> None:
+    g = torch.Generator().manual_seed(0)
+    desirable = torch.randn(60, 5, generator=g) + torch.tensor([1.0, 0, 0, 0, 0])
+    undesirable = torch.randn(15, 5, generator=g) * 3
+    clf = fit_udm_classifier(desirable, undesirable)
+    x = (torch.cat([desirable, undesirable]).double() - clf.centre) / clf.scale
+    y = torch.cat([torch.ones(60), torch.zeros(15)]).double()
+    coef, bias = clf.coef.clone().requires_grad_(), clf.bias.clone().requires_grad_()
+    _udm_objective(x, y, coef, bias).backward()
+    assert coef.grad.abs().max() < 1e-5 and abs(float(bias.grad)) < 1e-5  # stationary: the minimum
+    p = clf.prob_desirable(torch.cat([desirable, undesirable]))
+    predicted = p > 0.5
+    close(clf.accuracy_desirable, float(predicted[:60].float().mean()))
+    close(clf.accuracy_undesirable, float((~predicted[60:]).float().mean()))
+    close(clf.accuracy, (clf.accuracy_desirable + clf.accuracy_undesirable) / 2)
+
+
+def test_udm_classifier_is_class_balanced_and_separates_shifted_prompts() -> None:
+    g = torch.Generator().manual_seed(1)
+    # Same distribution, 4:1 imbalance: balanced weights give p ≈ ½ (ratio ≈ 1), not the 0.8 class prior.
+    same = fit_udm_classifier(torch.randn(400, 3, generator=g), torch.randn(100, 3, generator=g))
+    probe = same.prob_desirable(torch.randn(200, 3, generator=g))
+    assert abs(float(probe.mean()) - 0.5) < 0.1
+    # Shifted distributions: the classifier separates them and the ratio p/(1-p) follows.
+    shifted = fit_udm_classifier(torch.randn(50, 3, generator=g) + 4, torch.randn(50, 3, generator=g) - 4)
+    assert shifted.accuracy == 1.0
+    p = shifted.prob_desirable(torch.tensor([[4.0, 4, 4], [-4.0, -4, -4]]))
+    assert p[0] > 0.95 and p[1] < 0.05
+    close(udm_density_ratio(t(0.8, 0.5)), [0.8 / (0.2 + 1e-8), 0.5 / (0.5 + 1e-8)], tol=1e-5)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_udm_classifier(torch.randn(3, 2), torch.zeros(0, 2))
 
 
 # -------------------------------------------------------------------------------------------- bco_pair

@@ -152,8 +152,9 @@ def test_orpo_hand_values() -> None:
 
 
 def test_simpo_hand_values() -> None:
-    out = run("simpo", _orpo_pair())  # β = 2, γ = 0.5·2 = 1: logits 2·1.5 - 1 = 2 and 2·(-4.5) - 1 = -10
-    close(out.loss, [-logsig(2.0), -logsig(-10.0)])
+    # defaults of SimPOConfig in princeton-nlp/SimPO: β = 2, γ/β = 0.25, so γ = 0.5
+    out = run("simpo", _orpo_pair())  # logits 2·1.5 - 0.5 = 2.5 and 2·(-4.5) - 0.5 = -9.5
+    close(out.loss, [-logsig(2.5), -logsig(-9.5)])
     close(out.metrics["rewards/accuracies"], 0.5)
     out = run("simpo", _orpo_pair(), beta=1.0, gamma_beta_ratio=0.2, label_smoothing=0.1)
     close(out.loss, [-0.9 * logsig(z) - 0.1 * logsig(-z) for z in (1.5 - 0.2, -4.5 - 0.2)])

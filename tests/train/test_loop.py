@@ -158,11 +158,23 @@ def test_combined_objectives_log_each_loss(tmp_path, tokenizer):
 
 
 def test_bco_running_mean_survives_resume(tmp_path, tokenizer):
-    common = ["objectives=[{name: bco}]", "max_steps=4", "save_every=2"]
-    train(make_config(tmp_path, *common), model=tiny_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None,
+    common = ["objectives=[{name: bco}]", "max_steps=4", "save_every=2", "batch_size=4"]
+    straight = train(make_config(tmp_path / "a", *common), model=tiny_llama(tokenizer), tokenizer=tokenizer,
+                     log=lambda m: None)
+    train(make_config(tmp_path / "b", *common), model=tiny_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None,
           stop_after_steps=2)
-    state = json.loads((tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
-    assert state["trainer"]["objective_state"]["bco"]["delta_count"] > 0
+    saved = json.loads((tmp_path / "b" / "run" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert saved["trainer"]["objective_state"]["bco"]["delta_count"] == 2 * 4
+    torch.manual_seed(1234)
+    resumed = train(make_config(tmp_path / "b", *common, "resume=true"), model=tiny_llama(tokenizer),
+                    tokenizer=tokenizer, log=lambda m: None)
+    # δ continues from the checkpoint: every reward of all four steps is in the running mean, as uninterrupted
+    assert resumed.state.objective_state["bco"]["delta_count"] == 4 * 4
+    assert resumed.state.objective_state["bco"]["delta_mean"] == \
+        pytest.approx(straight.state.objective_state["bco"]["delta_mean"], abs=1e-12)
+    deltas = [[m["delta"] for m in read_metrics(run.output_dir) if m["split"] == "train"]
+              for run in (straight, resumed)]
+    assert deltas[0] == deltas[1] and len(deltas[0]) == 4
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -72,8 +72,16 @@ def test_k3_kl_by_hand():
     assert k3_kl(policy, reference, mask).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_grao_defaults_are_the_papers(tmp_path):
+    params = build_method(make_config(tmp_path, "{name: grao}")).params
+    assert (params.group_size, params.beta, params.lam, params.include_reference, params.kl_coef) == \
+        (8, 0.5, 0.6, False, 0.0)
+
+
 def test_grao_config_errors(tmp_path):
     with pytest.raises(ValueError, match="group_size"):
         build_method(make_config(tmp_path, grao(group_size=1)))
     with pytest.raises(ValueError, match="unknown parameter 'lamda'"):
         build_method(make_config(tmp_path, grao(lamda=0.5)))
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        build_method(make_config(tmp_path, grao(beta=-0.5)))

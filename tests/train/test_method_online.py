@@ -85,8 +85,11 @@ def test_online_methods_learn_the_preference(tmp_path, tokenizer, objective):
     assert after["win_rate"] > 0.75
     assert after["reward_mean"] > before["reward_mean"]
     last = read_metrics(result.output_dir, "train")[-1]
-    for key in ["loss", "kl", "response_length", "rewards/probabilities", "tie_fraction", "reward_mean"]:
+    # IPO-MD samples the mixture: its mean log-ratio is an expectation under π_mix, not KL(π_θ‖π_ref)
+    log_ratio = "logratio_mixture_samples" if "ipo_md" in objective else "kl"
+    for key in ["loss", log_ratio, "response_length", "rewards/probabilities", "tie_fraction", "reward_mean"]:
         assert key in last
+    assert ("kl" in last) == (log_ratio == "kl")
 
 
 def test_online_ipo_with_hard_labels_and_lora_adapter_reference(tmp_path, tokenizer):
@@ -97,8 +100,9 @@ def test_online_ipo_with_hard_labels_and_lora_adapter_reference(tmp_path, tokeni
     train_lines = read_metrics(result.output_dir, "train")
     # hard labels regress onto ±1/(2τ) = ±5, so the mean target over 4 pairs is a multiple of 2.5
     assert all(abs(m["target"] / 2.5 - round(m["target"] / 2.5)) < 1e-5 for m in train_lines)
-    assert train_lines[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the adapter starts as a no-op
-    assert train_lines[-1]["kl"] != 0.0
+    assert "kl" not in train_lines[0]  # mixture samples: not a KL estimate, logged under its own name
+    assert train_lines[0]["logratio_mixture_samples"] == pytest.approx(0.0, abs=1e-4)  # the adapter starts as a no-op
+    assert train_lines[-1]["logratio_mixture_samples"] != 0.0
     final_eval = read_metrics(result.output_dir, "eval")[-1]
     assert {"win_rate", "kl", "response_length", "reward_mean"} <= final_eval.keys()
 
@@ -134,6 +138,15 @@ def test_sampled_responses_are_batched_cut_at_eos_and_reproducible(tokenizer):
         assert 1 <= len(response) <= 8
         assert tokenizer.eos_token_id not in response[:-1]  # nothing after the first eos
     assert draw(0) == groups and draw(1) != groups
+
+
+@pytest.mark.parametrize("name", ["online_ipo", "ipo_md"])
+def test_online_ipo_defaults_to_sequence_level_log_ratios(tmp_path, name):
+    """The paper regresses summed (sequence-level) log-ratios; per-token averaging stays an option."""
+    method = build_method(make_config(tmp_path, f"{{name: {name}}}"))
+    assert method.params.length_normalize is False
+    method = build_method(make_config(tmp_path, f"{{name: {name}, length_normalize: true}}"))
+    assert method.params.length_normalize is True
 
 
 def test_config_errors(tmp_path):

@@ -1,22 +1,21 @@
 """GRAO training: groups of policy samples scored against the dataset's reference answer.
 
 Paper: Wang et al. (AntGroup), "Learning to Align, Aligning to Learn: A Unified Approach for Self-Optimized
-Alignment", arXiv 2508.07750, 2025. **Reconstruction, confidence LOW**: the paper's equations were not
-available; the loss, :func:`alignkit.objectives.grao.grao_loss`, states the reconstructed formula in one place::
+Alignment", arXiv 2508.07750v1, 2025. The loss is the paper's Group Direct Alignment objective (Eq. 2-4),
+written once in :func:`alignkit.objectives.grao.grao_loss`, which also states what its "alignment
+regulariser" reduces to (a rescaling of exploration by 1 + λ)::
 
-    Â_i, Â* = (r − mean(r_1..r_G, r*)) / (std(r_1..r_G, r*) + eps),   ℓ(o) = (1/|o|)·log π_θ(o|x)
-    L_GRAO = −(1/G) Σ_i [Â_i·ℓ(o_i) + Â*·ℓ(y*) − λ·Â_i·(ℓ(o_i) − ℓ(y*))]  (+ kl_coef·KL(π_θ‖π_ref))
+    Â = (r − mean(r_1..r_G)) / (std(r_1..r_G) + eps),   ℓ(o) = (1/|o|)·log π_θ(o|x)
+    L_GRAO = −(1/G) Σ_i [Â_i·ℓ(o_i) + β·Â_y·ℓ(y) + λ·Â_i·(ℓ(o_i) − ℓ(y))]
 
 Per micro-batch of prompts: draw G responses per prompt from the current policy (no gradient, batched);
-score them and the dataset's chosen response y* with a reward source (the synthetic verifiers by default,
-or a reward model); one forward pass over the G samples and y* gives per-token mean log-probs ℓ; the optional
-KL penalty uses GRPO's per-token k3 estimator on the samples.
+score them and the dataset's chosen response y with a reward source (the synthetic verifiers by default, or
+a reward model); one forward pass over the G samples and y gives the per-token mean log-probs ℓ. One gradient
+step per sampled batch, as the paper's objective has no importance ratio.
 
-Defaults: G = 4, λ = 0.5, eps = 1e-6, kl_coef = 0, reward "verifier", max_new_tokens 48, temperature 1.0.
-**λ default.** The samples' coefficient is −(1 − λ)·Â_i/G, so λ = 1 (the pure function's default) cancels
-them and leaves advantage-weighted imitation of y* only. This method defaults to λ = 0.5: exploration at half
-strength, alignment term active, imitation of y* weighted by Â*·(1 − λ/G). λ is a value to sweep; it must lie
-in [0, 1] (λ > 1 reverses the exploration signal).
+Defaults (paper): G = 8, β = 0.5, λ = 0.6; eps = 1e-6, advantages normalised over the G samples (Eq. 4);
+reward "verifier", max_new_tokens 48, temperature 1.0 (the paper samples at 0.7; the example config does).
+``kl_coef`` adds an optional k3 KL(π_θ‖π_ref) penalty that is **not** part of GRAO (default 0, off).
 """
 
 from __future__ import annotations
@@ -49,10 +48,14 @@ from alignkit.train.methods.online import (
 
 
 class GRAOParams(SampledParams):
-    group_size: int = Field(4, ge=2, description="G: policy samples per prompt")
-    lam: float = Field(0.5, ge=0, le=1, description="λ: weight of the alignment term (1 cancels the samples' term)")
-    eps: float = Field(1e-6, gt=0, description="added to the group's reward std before normalising")
-    kl_coef: float = Field(0.0, ge=0, description="β of the optional KL(π_θ‖π_ref) penalty (k3, per-token mean)")
+    group_size: int = Field(8, ge=2, description="G: policy samples per prompt (paper: 8)")
+    beta: float = Field(0.5, ge=0, description="β: weight of the imitation term β·Â_y·ℓ(y) (paper: 0.5)")
+    lam: float = Field(0.6, ge=0, description="λ: weight of the alignment regulariser, which rescales exploration "
+                                              "by 1 + λ (paper: 0.6)")
+    eps: float = Field(1e-6, gt=0, description="added to the group's reward std; groups with std <= eps are skipped")
+    include_reference: bool = Field(False, description="normalise advantages over the G samples and y (default: "
+                                                       "the G samples, the paper's Eq. 4)")
+    kl_coef: float = Field(0.0, ge=0, description="optional k3 KL(π_θ‖π_ref) penalty, not part of GRAO (0: off)")
     reward: str | dict[str, Any] = Field(
         "verifier", description="scalar reward source: verifier, {type: reward_model, model: ...}, module:attr")
 
@@ -68,7 +71,7 @@ def k3_kl(policy_tokens: torch.Tensor, reference_tokens: torch.Tensor, mask: tor
 @register_method("grao", params=GRAOParams)
 class GRAOMethod(Method):
     """Parameters: :class:`GRAOParams` (defaults in the module docstring). Data: preference pairs; the prompt
-    and the chosen response (y*) are used.
+    and the chosen response (the reference answer y) are used.
 
     A reference model is used only for the KL penalty and the logged KL; ``reference: none`` skips it
     (allowed while ``kl_coef`` is 0).
@@ -118,7 +121,8 @@ class GRAOMethod(Method):
         out = sequence_logps(ctx.model, seq, ctx.chunk_size, ctx.autocast_dtype, return_token_logps=want_tokens)
         ell = out.logps / out.tokens.clamp(min=1)
         result = grao_loss(ell[:n * g].view(n, g), ell[n * g:], rewards[:n * g].view(n, g), rewards[n * g:],
-                           lam=self.params.lam, eps=self.params.eps)
+                           beta=self.params.beta, lam=self.params.lam, eps=self.params.eps,
+                           include_reference=self.params.include_reference)
         loss = result.loss.mean()
         metrics = float_metrics(result.metrics)
 

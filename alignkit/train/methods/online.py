@@ -10,7 +10,8 @@ IPO, online DPO) or from the token-level geometric mixture π_mix ∝ π_θ^{1�
 :func:`alignkit.engine.generation.sample_ids` (batched, one KV cache per model); label them with a
 preference source p = P(y ≻ y' | x) (a verifier, a reward model through Bradley-Terry, or an LM judge asked
 in both orders, see ``alignkit.rewards``); then one forward pass over both samples gives the policy
-log-probs for the loss (h = log π_θ − log π_ref, per-token averaged when ``length_normalize``):
+log-probs for the loss (h = log π_θ − log π_ref summed over the response, the paper's sequence-level
+log-ratio; divided by the token count with ``length_normalize``):
 
 * ``online_ipo`` / ``ipo_md``: :func:`alignkit.objectives.online.online_ipo_loss`,
   ``L = (h(y) − h(y') − (p − ½)/τ)²``, or with ``hard_labels`` the target ±1/(2τ) with I ~ Bernoulli(p).
@@ -70,7 +71,8 @@ class OnlineParams(SampledParams):
 class OnlineIPOParams(OnlineParams):
     tau: float = Field(0.1, gt=0, description="τ: the regression target is (p − ½)/τ")
     hard_labels: bool = Field(False, description="regress onto ±1/(2τ) with I ~ Bernoulli(p) instead of (p − ½)/τ")
-    length_normalize: bool = Field(True, description="per-token averaged log-ratios (TRL's IPO)")
+    length_normalize: bool = Field(False, description="per-token averaged log-ratios (TRL's offline IPO) instead "
+                                                      "of the paper's sequence-level ones")
 
 
 class IPOMDParams(OnlineIPOParams):
@@ -303,6 +305,9 @@ class OnlinePreferenceMethod(Method):
         self.params = method_params(config, OnlineParams)
         self.kind = config.objectives[0].name
         self.source: PreferenceSource | None = None
+        # The mean of log π_θ − log π_ref over the step's samples estimates KL(π_θ‖π_ref) only when they come
+        # from π_θ itself; mixture samples (IPO-MD) give E_{π_mix}[log π_θ − log π_ref], which is not a KL.
+        self.log_ratio_metric = "kl" if self.params.mixture_beta == 0 else "logratio_mixture_samples"
 
     def preference_source(self, ctx: BatchContext) -> PreferenceSource:
         if self.source is None:  # built lazily: a judge or reward model is loaded onto the run's device
@@ -355,7 +360,7 @@ class OnlinePreferenceMethod(Method):
         with torch.no_grad():
             metrics.update({
                 "loss": loss.item(),
-                "kl": (pol - ref).mean().item(),
+                self.log_ratio_metric: (pol - ref).mean().item(),
                 "response_length": tokens.mean().item(),
                 "tie_fraction": ((p - 0.5).abs() < 1e-6).float().mean().item(),
             })
