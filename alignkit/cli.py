@@ -275,6 +275,10 @@ from alignkit.eval.command import eval_command, report_command  # noqa: E402 - k
 app.command("eval")(guarded(eval_command))
 app.command("report")(guarded(report_command))
 
+from alignkit.decoding.command import generate_command  # noqa: E402 - kept next to its registration
+
+app.command("generate")(guarded(generate_command))
+
 
 def main() -> None:  # pragma: no cover
     app()

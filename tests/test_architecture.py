@@ -8,15 +8,16 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alignkit"
 
-BASE = {"io", "progress", "configs"}
+BASE = {"io", "progress", "configs", "lazy"}
 ALLOWED = {
-    "io": set(), "progress": set(), "configs": set(),
+    "io": set(), "progress": set(), "configs": set(), "lazy": set(),
     "models": BASE,
     "data": BASE,
     "objectives": BASE,
     "engine": BASE | {"data", "models"},
     "rewards": BASE | {"engine", "data", "models"},
     "report": BASE,
+    "decoding": BASE | {"engine", "rewards", "data", "models"},
     "eval": BASE | {"engine", "rewards", "data", "models", "report"},
     "train": BASE | {"engine", "objectives", "rewards", "data", "models"},
     "cli": None, "quickstart": None,  # commands may import anything

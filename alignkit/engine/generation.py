@@ -62,6 +62,7 @@ class Sampled:
     stopped: list[list[str]] = field(default_factory=list)
     generated_tokens: int = 0
     step_logits: list[Tensor] = field(default_factory=list)  # per batch [rows, steps, V], if asked for
+    logps: list[list[float]] = field(default_factory=list)  # per prompt, n summed log-probs, if asked for
 
 
 def _left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -134,8 +135,8 @@ class _Decoder:
 @torch.no_grad()
 def _decode_batch(policy: nn.Module, reference: nn.Module | None, beta: float, prompts: Sequence[list[int]], n: int,
                   params: SamplingParams, generator: torch.Generator | None, eos_ids: Sequence[int], pad_id: int,
-                  tokenizer, autocast_dtype: torch.dtype | None, record: list[Tensor] | None = None
-                  ) -> tuple[list[list[int]], list[str]]:
+                  tokenizer, autocast_dtype: torch.dtype | None, record: list[Tensor] | None = None,
+                  logps: list[float] | None = None) -> tuple[list[list[int]], list[str]]:
     device = next(policy.parameters()).device
     ids, mask = _left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
@@ -149,6 +150,7 @@ def _decode_batch(policy: nn.Module, reference: nn.Module | None, beta: float, p
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     reason = ["length"] * rows
     tokens: list[Tensor] = []
+    token_logps: list[Tensor] = []
     seen = ids.repeat_interleave(n, dim=0) if params.repetition_penalty != 1.0 else None
     step_ids = ids
     for step in range(params.max_new_tokens):
@@ -176,6 +178,8 @@ def _decode_batch(policy: nn.Module, reference: nn.Module | None, beta: float, p
         else:
             nxt = scores.argmax(-1)
         nxt = torch.where(finished, pad_id, nxt)
+        if logps is not None:  # log-prob of the token under the unprocessed (mixture) distribution
+            token_logps.append(mixed.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1))
         tokens.append(nxt)
         newly_eos = ~finished & torch.isin(nxt, eos)
         for r in newly_eos.nonzero().flatten().tolist():
@@ -206,6 +210,9 @@ def _decode_batch(policy: nn.Module, reference: nn.Module | None, beta: float, p
         elif reason[r] == "stop":
             row = _cut_at_stop(row, tokenizer, params.stop)
         out.append(row)
+    if logps is not None:
+        per_step = torch.stack(token_logps, 1).tolist() if token_logps else [[] for _ in range(rows)]
+        logps.extend(float(sum(per_step[r][:len(out[r])])) for r in range(rows))
     if record:
         record[:] = [torch.stack(record, 1)]
     return out, reason
@@ -234,6 +241,7 @@ def sample_ids(
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
     return_logits: bool = False,
+    return_logps: bool = False,
 ) -> Sampled:
     """``n`` responses (token ids) per prompt of token ids; see the module docstring.
 
@@ -241,6 +249,7 @@ def sample_ids(
     pads little; results come back in the input order. Models are put in eval mode for the call and
     restored. Without ``generator`` a fresh one seeded with ``params.seed`` is used. ``return_logits`` keeps
     the (mixture) logits of every step, before temperature and truncation, per batch (tests, diagnostics).
+    ``return_logps`` fills ``Sampled.logps``: each response's summed log-prob under the same logits.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -263,23 +272,27 @@ def sample_ids(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     generated = 0
     step_logits: list[Tensor] = []
+    logps: list[list[float]] = [[] for _ in prompts]
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             record: list[Tensor] | None = [] if return_logits else None
+            chunk_logps: list[float] | None = [] if return_logps else None
             rows, reasons = _decode_batch(model, reference, mixture_beta, [prompts[i] for i in chunk], n, params,
-                                          generator, eos_ids, pad, tokenizer, autocast_dtype, record)
+                                          generator, eos_ids, pad, tokenizer, autocast_dtype, record, chunk_logps)
             step_logits += record or []
             for k, i in enumerate(chunk):
                 responses[i] = rows[k * n:(k + 1) * n]
                 stopped[i] = reasons[k * n:(k + 1) * n]
+                logps[i] = chunk_logps[k * n:(k + 1) * n] if chunk_logps is not None else []
                 generated += sum(len(r) for r in responses[i])
             if progress is not None:
                 progress(len(chunk))
     finally:
         for m, mode in zip(models, modes, strict=True):
             m.train(mode)
-    return Sampled([list(p) for p in prompts], responses, stopped, generated, step_logits)
+    return Sampled([list(p) for p in prompts], responses, stopped, generated, step_logits,
+                   logps if return_logps else [])
 
 
 def decode_response(tokenizer, ids: Sequence[int], stop: Sequence[str] = ()) -> str:

@@ -11,8 +11,9 @@ torch and transformers before a command actually runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from alignkit.lazy import lazy_exports
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "alignkit.eval.metrics": (
@@ -31,7 +32,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "alignkit.eval.config": ("EvalConfig", "load_eval_config"),
     "alignkit.eval.pipeline": ("run_eval",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "JUDGE_INSTRUCTION", "Estimate", "EvalConfig", "EvalResult", "FlipStats", "Judge", "KLEstimate", "LMJudge",
@@ -41,7 +41,7 @@ __all__ = [
     "length_adjusted_win_rate", "length_stats", "load_eval_config", "load_reward_model", "prompt_text",
     "ranking_accuracy", "reward_margins", "run_eval", "synthetic_verifier", "win_rate", "write_result",
 ]
-assert sorted(__all__) == sorted(_MODULE_OF)
+assert sorted(__all__) == sorted(name for names in _EXPORTS.values() for name in names)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from alignkit.engine.generation import generate
@@ -73,15 +73,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from alignkit.rewards.judge import JUDGE_INSTRUCTION, Judge, LMJudge, compare, judge_pair
     from alignkit.rewards.reward_model import RewardModel, load_reward_model
 
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'alignkit.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

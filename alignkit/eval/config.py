@@ -68,6 +68,14 @@ class GenerationSection(StrictModel):
     n_bootstrap: int = Field(1000, ge=0)  # resamples of the win-rate CIs
 
 
+class RewardModelSection(StrictModel):
+    """Settings used when MODEL is a reward model (a sequence classifier; ``alignkit.eval.reward_models``)."""
+
+    calibration_bins: int = Field(10, ge=2)  # equal-width bins of σ(margin) in the calibration table
+    length_buckets: int = Field(4, ge=1)  # quantile buckets of mean response length
+    subset_key: str = "subset"  # metadata field naming a pair's RewardBench subset
+
+
 class EvalConfig(StrictModel):
     model: str = Field(min_length=1)  # policy: builtin name, model/adapter directory, .gguf file or hub id
     reference: str | None = None  # π_ref (same spec kinds)
@@ -82,6 +90,7 @@ class EvalConfig(StrictModel):
     data: DataSection = Field(default_factory=DataSection)
     preferences: PreferenceSection = Field(default_factory=PreferenceSection)
     generation: GenerationSection = Field(default_factory=GenerationSection)
+    reward_model: RewardModelSection = Field(default_factory=RewardModelSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> EvalConfig:

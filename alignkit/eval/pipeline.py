@@ -172,8 +172,11 @@ def _generation(config: EvalConfig, models: _Models, prompts: list[Any], prompt_
 def run_eval(config: EvalConfig, log: Log = print) -> EvalRun:
     """Evaluate as ``config`` says and write ``OUT/eval/`` (and ``OUT/report.html`` with ``config.report``)."""
     from alignkit.eval.preferences import evaluate_preferences
+    from alignkit.eval.reward_models import is_reward_model, run_reward_eval
     from alignkit.eval.writers import write_result
 
+    if is_reward_model(config.model):  # a sequence classifier: reward accuracy, calibration, length buckets
+        return run_reward_eval(config, log)
     t_start = time.perf_counter()
     out_dir = config.out if config.out is not None else default_out(config.model)
     gen = config.generation

@@ -44,7 +44,9 @@ def rejected_rows_path(run_dir, config: TrainConfig, source: str) -> Path:
     return Path(run_dir) / f"rejected_rows_{split}.jsonl"
 
 
-def _load(source: str, config: TrainConfig, run_dir, log) -> list:
+def load_source(source: str, config: TrainConfig, run_dir, log) -> list:
+    """The records of one data source as the run's config reads them (kind, column map, invalid rows to the
+    split's rejected-rows file), ranked groups expanded into their strict pairs."""
     records = load_records(source, kind=config.data.kind, column_map=config.data.column_map,
                            on_invalid=config.data.on_invalid,
                            rejected_rows_path=rejected_rows_path(run_dir, config, source), log=log).records
@@ -98,7 +100,8 @@ def encode_splits(splits: Iterable[list], encode: Callable[[Any], Any], max_leng
 
 def load_run_data(config: TrainConfig, tokenizer, run_dir, unpaired: bool, log: Callable = print) -> RunData:
     data = config.data
-    train, evaluation = read_splits(config, lambda pairs: pairs, lambda source: _load(source, config, run_dir, log))
+    train, evaluation = read_splits(config, lambda pairs: pairs,
+                                    lambda source: load_source(source, config, run_dir, log))
     if unpaired and train and isinstance(train[0], PreferencePair):
         train, evaluation = pairs_to_binary(train), pairs_to_binary(evaluation)
     encoder = prompt_encoder(tokenizer, config)

@@ -1,0 +1,140 @@
+"""Rewards for decoding: the reward layer's sources, from command-line specs, scored in batches.
+
+A spec is one of (optionally prefixed ``WEIGHT*``, several combined as a weighted sum):
+
+* ``verifier:synthetic`` (or ``verifier``): the synthetic tasks' programmatic verifiers, reward 1/0;
+* ``reward_model:DIR`` (or an existing directory, or ``rm:DIR``): a sequence-classification reward model;
+* ``judge:MODEL``: a causal LM asked which of two responses is better, in both orders. A judge only
+  compares, so with a judge a candidate's score is its mean preference over the other candidates of its
+  prompt (a round robin, N·(N−1) judge calls per prompt), and strategies that need a scalar reward of one
+  text (DeAL) refuse it;
+* ``package.module:attr``: any reward source object, class or factory.
+
+Everything is built by :func:`alignkit.rewards.build_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.data.records import Text
+from alignkit.rewards import RewardSource, VerifierReward, build_source
+
+VERIFIER_SETS = ("synthetic",)
+
+
+def source_spec(spec: str) -> Any:
+    """A command-line reward spec (no weight) as a :func:`build_source` config value."""
+    kind, _, rest = spec.partition(":")
+    if kind == "verifier":
+        if rest and rest not in VERIFIER_SETS:
+            raise ValueError(f"unknown verifier set {rest!r}; known: {', '.join(VERIFIER_SETS)}")
+        return "verifier"
+    if kind in ("reward_model", "rm"):
+        if not rest:
+            raise ValueError(f"reward spec {spec!r}: give the reward model, e.g. reward_model:runs/rm")
+        return {"type": "reward_model", "model": rest}
+    if kind == "judge":
+        if not rest:
+            raise ValueError(f"reward spec {spec!r}: give the judge model, e.g. judge:smollm2-135m-instruct")
+        return {"type": "judge", "model": rest}
+    if Path(spec).expanduser().is_dir():
+        return {"type": "reward_model", "model": spec}
+    if ":" in spec and "." in kind:
+        return spec
+    raise ValueError(f"unknown reward spec {spec!r}; give verifier:synthetic, reward_model:DIR, a reward model "
+                     "directory, judge:MODEL or package.module:attr")
+
+
+def split_weight(spec: str) -> tuple[float, str]:
+    head, star, tail = spec.partition("*")
+    if star:
+        try:
+            return float(head), tail.strip()
+        except ValueError:
+            pass
+    return 1.0, spec.strip()
+
+
+class Reward:
+    """One or more weighted sources; ``score(prompts, texts)`` gives one float per text.
+
+    ``is_verifier`` is true when the reward is a single verifier (rewards are pass/fail: best-of-N then
+    reports its pass-rate curve). ``is_judge`` when it is a single pairwise judge (see the module docstring).
+    """
+
+    def __init__(self, sources: Sequence[tuple[float, Any]], batch_size: int = 32, names: Sequence[str] = ()):
+        if not sources:
+            raise ValueError("a reward needs at least one source")
+        self.sources = list(sources)
+        self.batch_size = batch_size
+        self.names = list(names) or [type(s).__name__ for _, s in self.sources]
+        scalar = [hasattr(s, "rewards") for _, s in self.sources]
+        self.is_judge = len(self.sources) == 1 and not scalar[0]
+        if not self.is_judge and not all(scalar):
+            raise ValueError("a judge only compares responses; it cannot be summed with other rewards")
+        self.is_verifier = len(self.sources) == 1 and isinstance(self.sources[0][1], VerifierReward)
+
+    def describe(self) -> str:
+        return " + ".join(f"{w:g}*{n}" if w != 1 else n for (w, _), n in zip(self.sources, self.names,
+                                                                              strict=True))
+
+    def score(self, prompts: Sequence[Text], texts: Sequence[str]) -> list[float]:
+        """Scalar rewards of (prompt, text) items, in batches of ``batch_size``."""
+        if self.is_judge:
+            raise ValueError("a judge gives no reward of a single response; use a verifier or a reward model")
+        if len(prompts) != len(texts):
+            raise ValueError(f"{len(prompts)} prompts but {len(texts)} responses")
+        total = torch.zeros(len(texts))
+        for start in range(0, len(texts), self.batch_size):
+            end = start + self.batch_size
+            for weight, source in self.sources:
+                total[start:end] += weight * source.rewards(list(prompts[start:end]), list(texts[start:end])).float()
+        return total.tolist()
+
+    def score_groups(self, prompts: Sequence[Text], groups: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Scores of each prompt's candidates: rewards, or for a judge the round-robin mean preference."""
+        if not self.is_judge:
+            flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
+            flat = self.score(flat_prompts, [t for g in groups for t in g])
+            out, start = [], 0
+            for g in groups:
+                out.append(flat[start:start + len(g)])
+                start += len(g)
+            return out
+        judge = self.sources[0][1]
+        out = []
+        for prompt, group in zip(prompts, groups, strict=True):
+            pairs = [(i, j) for i in range(len(group)) for j in range(i + 1, len(group))]
+            wins = [0.0] * len(group)
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = pairs[start:start + self.batch_size]
+                p = judge.preferences([prompt] * len(chunk), [group[i] for i, _ in chunk],
+                                      [group[j] for _, j in chunk]).tolist()
+                for (i, j), pij in zip(chunk, p, strict=True):
+                    wins[i] += pij
+                    wins[j] += 1.0 - pij
+            out.append([w / max(1, len(group) - 1) for w in wins])
+        return out
+
+
+def build_reward(specs: str | Sequence[str] | RewardSource | None, device: str | None = None, batch_size: int = 32,
+                 log=print) -> Reward | None:
+    """A :class:`Reward` from specs (``"0.5*verifier:synthetic"``, ...), a source object, or None."""
+    if specs is None or (not isinstance(specs, str) and isinstance(specs, Sequence) and not specs):
+        return None
+    if isinstance(specs, Reward):
+        return specs
+    if not isinstance(specs, str | Sequence):
+        return Reward([(1.0, specs)], batch_size)
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    sources, names = [], []
+    for spec in specs:
+        weight, body = split_weight(spec)
+        sources.append((weight, build_source(source_spec(body), device=device, log=log)))
+        names.append(body)
+    return Reward(sources, batch_size, names)
