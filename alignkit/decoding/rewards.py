@@ -8,7 +8,11 @@ A spec is one of (optionally prefixed ``WEIGHT*``, several combined as a weighte
   compares, so with a judge a candidate's score is its mean preference over the other candidates of its
   prompt (a round robin, N·(N−1) judge calls per prompt), and strategies that need a scalar reward of one
   text (DeAL) refuse it;
-* ``package.module:attr``: any reward source object, class or factory.
+* ``package.module:attr``: any reward source object, class or factory;
+* ``lsc:SPEC`` or ``lsc@Q:SPEC``: SPEC's reward LSC-transformed, u = log σ(r − r_ref(x)), r_ref(x) the
+  quantile Q (default 0.5) of the rewards of 16 samples of the reference policy for the prompt (the model being
+  decoded, bound by ``build_reward(..., policy=(model, tokenizer))``); several ``lsc:`` specs sum to the LSC
+  "logical AND" (:mod:`alignkit.rewards.lsc`).
 
 Everything is built by :func:`alignkit.rewards.build_source`.
 """
@@ -23,12 +27,22 @@ import torch
 
 from alignkit.data.records import Text
 from alignkit.rewards import RewardSource, VerifierReward, build_source
+from alignkit.rewards.lsc import split_lsc_prefix
 
 VERIFIER_SETS = ("synthetic",)
 
 
 def source_spec(spec: str) -> Any:
     """A command-line reward spec (no weight) as a :func:`build_source` config value."""
+    lsc, body = split_lsc_prefix(spec)
+    if lsc is not None:
+        inner = source_spec(body)
+        inner = inner if isinstance(inner, dict) else {"type": inner}
+        if inner.get("type") == "judge":
+            raise ValueError(f"reward spec {spec!r}: lsc needs a scalar reward; a judge only compares")
+        if "transform" in inner:
+            raise ValueError(f"reward spec {spec!r}: lsc is given twice")
+        return {**inner, "transform": "lsc", "lsc": lsc}
     kind, _, rest = spec.partition(":")
     if kind == "verifier":
         if rest and rest not in VERIFIER_SETS:
@@ -47,7 +61,7 @@ def source_spec(spec: str) -> Any:
     if ":" in spec and "." in kind:
         return spec
     raise ValueError(f"unknown reward spec {spec!r}; give verifier:synthetic, reward_model:DIR, a reward model "
-                     "directory, judge:MODEL or package.module:attr")
+                     "directory, judge:MODEL, package.module:attr, or lsc:SPEC")
 
 
 def split_weight(spec: str) -> tuple[float, str]:
@@ -78,6 +92,12 @@ class Reward:
         if not self.is_judge and not all(scalar):
             raise ValueError("a judge only compares responses; it cannot be summed with other rewards")
         self.is_verifier = len(self.sources) == 1 and isinstance(self.sources[0][1], VerifierReward)
+
+    def bind_policy(self, model, tokenizer) -> None:
+        """LSC sources without a reference policy sample their reference points from ``model``."""
+        for _, source in self.sources:
+            if callable(getattr(source, "bind_policy", None)):
+                source.bind_policy(model, tokenizer)
 
     def describe(self) -> str:
         return " + ".join(f"{w:g}*{n}" if w != 1 else n for (w, _), n in zip(self.sources, self.names,
@@ -123,18 +143,23 @@ class Reward:
 
 
 def build_reward(specs: str | Sequence[str] | RewardSource | None, device: str | None = None, batch_size: int = 32,
-                 log=print) -> Reward | None:
-    """A :class:`Reward` from specs (``"0.5*verifier:synthetic"``, ...), a source object, or None."""
+                 log=print, policy: tuple[Any, Any] | None = None) -> Reward | None:
+    """A :class:`Reward` from specs (``"0.5*verifier:synthetic"``, ``"lsc:rm:DIR"``, ...), a source object, or
+    None. ``policy`` = (model, tokenizer) is the reference policy of ``lsc:`` specs that name none."""
     if specs is None or (not isinstance(specs, str) and isinstance(specs, Sequence) and not specs):
         return None
     if isinstance(specs, Reward):
-        return specs
-    if not isinstance(specs, str | Sequence):
-        return Reward([(1.0, specs)], batch_size)
-    specs = [specs] if isinstance(specs, str) else list(specs)
-    sources, names = [], []
-    for spec in specs:
-        weight, body = split_weight(spec)
-        sources.append((weight, build_source(source_spec(body), device=device, log=log)))
-        names.append(body)
-    return Reward(sources, batch_size, names)
+        reward = specs
+    elif not isinstance(specs, str | Sequence):
+        reward = Reward([(1.0, specs)], batch_size)
+    else:
+        specs = [specs] if isinstance(specs, str) else list(specs)
+        sources, names = [], []
+        for spec in specs:
+            weight, body = split_weight(spec)
+            sources.append((weight, build_source(source_spec(body), device=device, log=log)))
+            names.append(body)
+        reward = Reward(sources, batch_size, names)
+    if policy is not None:
+        reward.bind_policy(*policy)
+    return reward

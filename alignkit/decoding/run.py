@@ -40,7 +40,7 @@ def decode(model, tokenizer, prompts: Sequence[Any], strategy: str = "greedy", r
     settings = replace(settings or DecodeSettings(), **overrides)
     chosen = get_strategy(strategy)
     scorer = build_reward(reward, device=str(next(model.parameters()).device), batch_size=settings.reward_batch_size,
-                          log=log)
+                          log=log, policy=(model, tokenizer))  # lsc: specs sample their reference point from it
     if chosen.needs_reward and scorer is None:
         raise ValueError(f"strategy {strategy!r} needs a reward: pass --reward (e.g. verifier:synthetic, "
                          "reward_model:DIR or judge:MODEL)")
@@ -121,7 +121,7 @@ def run_generate(model_spec: str, prompts_file: str, out: str | Path, strategy: 
     model.eval().requires_grad_(False)
     load_seconds = time.perf_counter() - t0
     scorer = build_reward(list(reward) if reward else None, device=str(next(model.parameters()).device),
-                          batch_size=settings.reward_batch_size, log=log)
+                          batch_size=settings.reward_batch_size, log=log, policy=(model, tokenizer))
     bars = Bars(enabled=progress)
     rate = _Rate(f"generate ({strategy})")
     with bars.open():

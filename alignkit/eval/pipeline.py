@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.eval.config import EvalConfig
+from alignkit.parallel import is_main, process_group
 
 Log = Callable[[str], Any]
 
@@ -223,6 +224,9 @@ def run_eval(config: EvalConfig, log: Log = print) -> EvalRun:
         raise EvalError(str(err)) from None
     seconds["total"] = time.perf_counter() - t_start
     summary["seconds"] = seconds
+    summary["processes"] = process_group()[1]
+    if not is_main():  # several processes: every one holds the gathered results, the main one writes them
+        return EvalRun(summary, {})
     paths = write_result(out_dir, summary, per_example, generations, fmt=config.format,
                          config=config.model_dump(mode="json"))
     if config.report:

@@ -25,6 +25,7 @@ from alignkit.data.tokenize import EncodedPair, PromptEncoder, TruncationStats, 
 from alignkit.engine.pairs import PairRows, score_pairs
 from alignkit.eval import metrics
 from alignkit.eval.common import EvalResult, clean, pair_layout, prompt_id, same_tokenizer
+from alignkit.parallel import gather_in_order, my_share, process_group
 from alignkit.progress import Bars
 
 ALPHA_KEY = "agreement"
@@ -68,11 +69,16 @@ def score_encoded(
     (shared-prefix rows, packed) when the engine confirms that is exact for this model, else one padded row
     per response."""
     chosen = {"auto": None, "shared": "shared_prefix", "padded": "padded"}[layout]
-    rows = [PairRows(item.prompt, item.chosen, item.rejected) for item in encoded]
+    # several processes (torchrun): each scores every world-th pair, then all gather them back in input order
+    rank, world = process_group()
+    mine = my_share(len(encoded), rank, world)
+    rows = [PairRows(encoded[i].prompt, encoded[i].chosen, encoded[i].rejected) for i in mine]
     scores = score_pairs(model, rows, pad_id, batch_size, chosen or pair_layout(model, pad_id),
                          autocast_dtype=autocast_dtype, advance=advance)
-    return PairLogps(scores.chosen.logps.numpy(), scores.rejected.logps.numpy(), scores.chosen.tokens.numpy(),
-                     scores.rejected.tokens.numpy())
+    local = list(zip(scores.chosen.logps.tolist(), scores.rejected.logps.tolist(), scores.chosen.tokens.tolist(),
+                     scores.rejected.tokens.tolist(), strict=True))
+    columns = np.array(gather_in_order(len(encoded), mine, local, world), dtype=np.float64).reshape(-1, 4).T
+    return PairLogps(columns[0], columns[1], columns[2], columns[3])
 
 
 def _alphas(pairs: Sequence[PreferencePair], alpha: float, alpha_key: str, alpha_max: float

@@ -13,6 +13,10 @@ arXiv:2403.08635), so the judge is asked in both orders and the answers symmetri
 :func:`build_source` turns a config value into a source: ``"verifier"``, ``{type: reward_model, model:
 <dir or hub id>}``, ``{type: judge, model: <builtin name, dir or hub id>}``, or ``"package.module:attr"``
 (a source object, class or factory; keyword arguments from the mapping are passed to a class or factory).
+A scalar reward becomes LSC-transformed (:mod:`alignkit.rewards.lsc`) with ``transform: lsc`` in its mapping
+(options under ``lsc: {quantile, samples, reference, cache, ...}``) or the string prefix ``lsc:`` /
+``lsc@0.85:``; a list of specs is their sum (:class:`~alignkit.rewards.lsc.SumReward`; an item's ``weight``
+defaults to 1), the LSC sum when its items are LSC-transformed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from alignkit.rewards.base import (
     prompt_text,
 )
 from alignkit.rewards.judge import LMJudge, judge_pair
+from alignkit.rewards.lsc import SumReward, build_lsc, split_lsc_prefix
 from alignkit.rewards.reward_model import RewardModel
 
 
@@ -84,14 +89,42 @@ class JudgePreference:
 def _import(path: str) -> Any:
     module, _, attr = path.partition(":")
     if not module or not attr:
-        raise ValueError(f"source {path!r}: expected 'verifier', a mapping with 'type', or 'package.module:attr'")
+        raise ValueError(f"source {path!r}: expected 'verifier', a mapping with 'type', 'lsc:SPEC', "
+                         "a list, or 'package.module:attr'")
     return getattr(importlib.import_module(module), attr)
+
+
+def _build_sum(specs: list | tuple, device, log) -> SumReward:
+    if not specs:
+        raise ValueError("an empty list of rewards; give at least one reward spec")
+    terms = []
+    for item in specs:
+        options = dict(item) if isinstance(item, dict) else item
+        weight = options.pop("weight", 1.0) if isinstance(options, dict) else 1.0
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"reward {item!r}: weight must be a number, got {weight!r}")
+        terms.append((float(weight), build_source(options, device, log)))
+    return SumReward(terms)
 
 
 def build_source(spec: Any, device: str | torch.device | None = None, log=print) -> PreferenceSource:
     """A reward or preference source from a config value (see module docstring); objects pass through."""
     if spec is None:
         spec = "verifier"
+    if isinstance(spec, list | tuple):
+        return _build_sum(spec, device, log)
+    if isinstance(spec, str):
+        lsc, rest = split_lsc_prefix(spec)
+        if lsc is not None:
+            return build_lsc(build_source(rest, device, log), lsc, device, log, name=rest)
+    if isinstance(spec, dict) and "transform" in spec:
+        options = dict(spec)
+        transform, lsc = options.pop("transform"), options.pop("lsc", None)
+        if transform != "lsc":
+            raise ValueError(f"source {spec!r}: unknown transform {transform!r}; known: lsc")
+        return build_lsc(build_source(options, device, log), lsc, device, log, name=str(options.get("type")))
+    if isinstance(spec, dict) and "lsc" in spec:
+        raise ValueError(f"source {spec!r}: 'lsc' options need 'transform: lsc'")
     if not isinstance(spec, str | dict):
         if not isinstance(spec, PreferenceSource):
             raise ValueError(f"{spec!r} has no preferences() method")
