@@ -161,14 +161,11 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                       score_prompt=method.score_prompt, log=log,
                       shared_prefix=config.layout == "shared_prefix" and layout_support(model, tokenizer.pad_token_id)
                       is None)
-
-        def build_both() -> tuple[PrecomputedReference, PrecomputedReference]:
-            return (PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common),
-                    PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common))
-
-        # computed once, by the main process, into the on-disk cache; the others then read that cache
-        built = main_first(accelerator, build_both)
-        precomputed, eval_precomputed = built if built is not None else build_both()
+        # every process computes its share of the batches; the shares are gathered and the main process
+        # writes the on-disk cache (a later run on the same data reads it, whatever its process count)
+        common.update(rank=rank, world=world)
+        precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common)
+        eval_precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common)
     frozen = FrozenCopyReference(model, config.logprob_chunk_size, autocast_dtype) \
         if reference_mode == "copy" else None
     if config.lora.enabled:

@@ -24,6 +24,7 @@ from alignkit.engine.layouts import Group, PackedBatch, SequenceBatch, build_gro
 from alignkit.engine.logprobs import SequenceLogps, sequence_logps
 from alignkit.io import atomic_write
 from alignkit.models.builtin import cache_root
+from alignkit.parallel import gather_in_order
 
 Rows = Sequence[tuple[list[int], list[int]]]
 
@@ -111,6 +112,17 @@ def _read_cache(path: Path, n_rows: int, log: Callable[[str], None]) -> Precompu
     return PrecomputedReference(logps, tokens)
 
 
+def _everywhere(flag: bool, world: int) -> bool:
+    """``flag`` holds on every process (one process: just ``flag``)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if flag else 0])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 class PrecomputedReference:
     """Reference log-probs computed once per row and looked up by row index afterwards."""
 
@@ -135,7 +147,12 @@ class PrecomputedReference:
         cache_dir: Path | None = None,
         log: Callable[[str], None] = print,
         progress: Callable | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> PrecomputedReference:
+        """Reference log-probs of ``rows``, from the on-disk cache when present. With ``world`` processes
+        (every one calls this), batch k is computed by process k mod ``world``, the shares are gathered in row
+        order, and the main process writes the cache; the cache key does not depend on ``world``."""
         from alignkit.engine.layouts import collate
 
         settings = {"score_prompt": score_prompt, "autocast": str(autocast_dtype), "v": 1,
@@ -145,28 +162,31 @@ class PrecomputedReference:
         cache_dir = cache_dir or cache_root() / "reference_logps"
         path = cache_dir / f"{key}.safetensors"
         cached = _read_cache(path, len(rows), log)
-        if cached is not None:
+        if _everywhere(cached is not None, world):
             log(f"reference log-probs: reused cache {path}")
             return cached
         device = next(model.parameters()).device
-        values, counts = [], []
+        starts = list(range(0, len(rows), batch_size))
+        mine = [k for k in range(len(starts)) if k % world == rank]
+        values = []
         was_training = model.training
         model.eval()
         ctx = progress(len(rows)) if progress else nullcontext(None)
         with torch.no_grad(), ctx as advance:
-            for start in range(0, len(rows), batch_size):
-                part = rows[start:start + batch_size]
+            for k in mine:
+                part = rows[starts[k]:starts[k] + batch_size]
                 batch = (build_groups(_consecutive_groups(part), pad_id, score_prompt) if shared_prefix
                          else collate(part, pad_id, score_prompt))
                 out = sequence_logps(model, batch.to(device), chunk_size, autocast_dtype)
-                values.append(out.logps.float().cpu())
-                counts.append(out.tokens.float().cpu())
+                values.append((out.logps.float().cpu().tolist(), out.tokens.float().cpu().tolist()))
                 if advance:
                     advance(len(part))
         model.train(was_training)
-        logps, tokens = torch.cat(values), torch.cat(counts)
-        # unique temp name + fsync + rename (alignkit.io): runs sharing the cache never see a torn entry
-        atomic_write(path, lambda tmp: save_file({"logps": logps.contiguous(), "tokens": tokens.contiguous()},
-                                                 str(tmp)))
-        log(f"reference log-probs: computed {len(rows)} rows, cached at {path}")
+        batches = gather_in_order(len(starts), mine, values, world)
+        logps = torch.tensor([v for lp, _ in batches for v in lp], dtype=torch.float32)
+        tokens = torch.tensor([v for _, tk in batches for v in tk], dtype=torch.float32)
+        if rank == 0:  # unique temp name + fsync + rename (alignkit.io): runs sharing the cache never see a torn entry
+            atomic_write(path, lambda tmp: save_file({"logps": logps.contiguous(), "tokens": tokens.contiguous()},
+                                                     str(tmp)))
+            log(f"reference log-probs: computed {len(rows)} rows on {world} process(es), cached at {path}")
         return cls(logps, tokens)

@@ -184,7 +184,8 @@ class ReferencePolicy:
 def step_generator(ctx: BatchContext, seed: int, state: dict, key: str, training: bool, salt: int = 0
                    ) -> torch.Generator:
     """The sampling RNG. Training draws are numbered in the checkpointed objective state, so a resumed
-    run samples exactly what the uninterrupted run did; eval draws are fixed (same samples every eval)."""
+    run samples exactly what the uninterrupted run did; eval draws are fixed (same samples every eval). Under
+    several processes each rank gets its own stream (offset by rank; rank 0 is the one-process stream)."""
     if training:
         counter = state.setdefault(key, {"draws": 0})
         draw = counter["draws"]
@@ -192,7 +193,14 @@ def step_generator(ctx: BatchContext, seed: int, state: dict, key: str, training
         value = seed * 1_000_003 + draw + 1
     else:
         value = seed * 1_000_003 + 7_919 * (salt + 1) + 500_000
+    value += 1_000_000_007 * _rank()
     return torch.Generator(device=ctx.device).manual_seed(value % (2 ** 63))
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def sample_responses(
