@@ -199,7 +199,8 @@ def data_inspect(
         result = load_records(file, kind=kind, on_invalid="skip" if skip_invalid else "error",
                               column_map=mapping, log=console.print)
     except DataError as err:
-        _fail(f"{err}\n(use --skip-invalid to skip invalid rows and list them)")
+        hint = " (use --skip-invalid to skip invalid rows and list them)" if err.row is not None else ""
+        _fail(f"{err}{hint}")
     console.print(f"[bold]{file}[/]: {result.n_read} rows read, {len(result.records)} valid, "
                   f"{result.n_skipped} skipped")
     for rejected in result.rejected[:5]:

@@ -54,7 +54,8 @@ def load_pairs(config: EvalConfig, log: Log) -> tuple[list[Any], dict[str, Any]]
         loaded = load_records(data.path, kind="pair", column_map=data.column_map, on_invalid=data.on_invalid,
                               log=log)
     except DataError as err:
-        hint = "" if data.on_invalid == "skip" else " (use --on-invalid skip to skip invalid rows)"
+        row_error = getattr(err, "row", None) is not None  # a bad row can be skipped; a missing file cannot
+        hint = " (use --on-invalid skip to skip invalid rows)" if row_error and data.on_invalid != "skip" else ""
         raise EvalError(f"{err}{hint}") from None
     except ValueError as err:
         raise EvalError(str(err)) from None
