@@ -10,7 +10,6 @@ arXiv:2404.04475); the judge is asked in both orders (:func:`alignkit.rewards.ju
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from alignkit.engine.generation import SamplingParams, generate, sample_ids
 from alignkit.engine.pairs import PairRows, score_pairs
 from alignkit.eval import metrics
 from alignkit.eval.common import EvalResult, clean, pair_layout, prompt_id, prompt_text
+from alignkit.parallel import gather_in_order, my_share, process_group
 from alignkit.progress import Bars
 from alignkit.rewards.judge import Judge, judge_pair
 
@@ -103,22 +103,33 @@ def _win_summary(outcomes: Sequence[float], len_policy: Sequence[int], len_basel
             "length_slope": lc.slope}
 
 
-def _kl(policy: nn.Module, reference: nn.Module, rows: Rows, keep: list[int], kl_samples: int, n: int,
-        tokenizer: Any, batch_size: int) -> tuple[dict[str, Any], list[float | None]]:
-    """The KL summary and the mean log-ratio per prompt, from the kept (non-empty) samples."""
+def _kl_samples(policy: nn.Module, reference: nn.Module, rows: Rows, keep: list[int], kl_samples: int, n: int,
+                tokenizer: Any, batch_size: int) -> list[list[tuple[float, float, int, bool]]]:
+    """Per prompt: (policy log-prob, reference log-prob, tokens, hit max_new_tokens) of each kept sample."""
     pad = tokenizer.pad_token_id
     logp_policy = row_logps(policy, rows, pad, batch_size)
     logp_ref = row_logps(reference, rows, pad, batch_size)
-    est = metrics.kl_estimate(logp_policy, logp_ref)
-    sample_tokens = np.array([len(s) for _, s in rows], dtype=float)
-    per_prompt: dict[int, list[float]] = defaultdict(list)
+    per_prompt: list[list[tuple[float, float, int, bool]]] = [[] for _ in range(n)]
     for j, i in enumerate(keep):  # sample i belongs to prompt i // kl_samples
-        per_prompt[i // kl_samples].append(float(logp_policy[j] - logp_ref[j]))
-    summary = {"k1": est.k1, "k3": est.k3, "n_samples": len(rows),
-               "mean_sample_tokens": float(sample_tokens.mean()) if len(rows) else None,
+        sample = rows[j][1]
+        per_prompt[i // kl_samples].append((float(logp_policy[j]), float(logp_ref[j]), len(sample),
+                                            sample[-1] != tokenizer.eos_token_id))
+    return per_prompt
+
+
+def _kl_summary(per_prompt: list[list[tuple[float, float, int, bool]]]) -> tuple[dict[str, Any], list[float | None]]:
+    """The KL summary (k1, k3, per token) and the mean log-ratio per prompt, from every prompt's samples."""
+    flat = [s for samples in per_prompt for s in samples]
+    logp_policy = np.array([s[0] for s in flat], dtype=np.float64)
+    logp_ref = np.array([s[1] for s in flat], dtype=np.float64)
+    sample_tokens = np.array([s[2] for s in flat], dtype=float)
+    est = metrics.kl_estimate(logp_policy, logp_ref)
+    summary = {"k1": est.k1, "k3": est.k3, "n_samples": len(flat),
+               "mean_sample_tokens": float(sample_tokens.mean()) if flat else None,
                "k1_per_token": float(np.sum(logp_policy - logp_ref) / max(sample_tokens.sum(), 1)),
-               "samples_hit_max_new_tokens": int(sum(1 for _, s in rows if s[-1] != tokenizer.eos_token_id))}
-    return summary, [float(np.mean(per_prompt[i])) if per_prompt[i] else None for i in range(n)]
+               "samples_hit_max_new_tokens": int(sum(1 for s in flat if s[3]))}
+    means = [float(np.mean([s[0] - s[1] for s in samples])) if samples else None for samples in per_prompt]
+    return summary, means
 
 
 def evaluate_generations(
@@ -179,64 +190,25 @@ def evaluate_generations(
     sampling = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                     temperature=temperature, top_p=top_p, system=system, seed=seed)
     n = len(prompts)
-    out: dict[str, Any] = {}  # per-prompt columns, filled by the scorers that ran
-
-    def timed(name: str, start: float) -> None:
-        seconds[name] = time.perf_counter() - start
-
-    bars = Bars(progress)
-    with bars.open():
-        t0 = time.perf_counter()
-        replies = generate(model, tokenizer, prompts, progress=bars.task("generating (policy)", n), **sampling)
-        timed("generate_policy", t0)
-        base_replies: list[str] | None = None
-        if isinstance(baseline, nn.Module):
-            t0 = time.perf_counter()
-            base_replies = generate(baseline, baseline_tokenizer or tokenizer, prompts,
-                                    progress=bars.task("generating (baseline)", n), **sampling)
-            timed("generate_baseline", t0)
-        elif baseline is not None:
-            base_replies = [str(b) for b in baseline]
-
-        def n_tokens(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-        out["lengths"] = [n_tokens(r) for r in replies]
-        out["base_lengths"] = [n_tokens(r) for r in base_replies] if base_replies is not None else None
-        if verifier is not None:
-            out["passed"] = [verifier(t, r) for t, r in zip(texts, replies, strict=True)]
-            if base_replies is not None:
-                out["base_passed"] = [verifier(t, r) for t, r in zip(texts, base_replies, strict=True)]
-        if reward_model is not None:
-            t0 = time.perf_counter()
-            out["rewards"] = [float(s) for s in reward_model(prompts, replies)]
-            if base_replies is not None:
-                out["base_rewards"] = [float(s) for s in reward_model(prompts, base_replies)]
-            timed("reward_model", t0)
-        if judge is not None:
-            assert base_replies is not None
-            t0 = time.perf_counter()
-            advance = bars.task("judging (both orders)", n)
-            out["judge_p"] = []
-            for t, a, b in zip(texts, replies, base_replies, strict=True):
-                out["judge_p"].append(judge_pair(judge, t, a, b))
-                advance(1)
-            timed("judge", t0)
-        kl_rows = keep = None
-        if reference is not None:
-            t0 = time.perf_counter()
-            prompt_ids_kl, sampled = exact_samples(model, tokenizer, prompts, max_new_tokens, batch_size, system,
-                                                   seed + 1, bars.task("sampling for KL", n), n=kl_samples)
-            keep = [i for i, s in enumerate(sampled) if s]
-            kl_rows = [(prompt_ids_kl[i], sampled[i]) for i in keep]
-            timed("kl_sampling", t0)
-
+    # several processes (torchrun): each scores every world-th prompt; the per-prompt results are gathered
+    # back in input order, so the table and summary are built from all of them on every process
+    rank, world = process_group()
+    mine = my_share(n, rank, world)
+    share_baseline = baseline if baseline is None or isinstance(baseline, nn.Module) else [baseline[i] for i in mine]
+    local = _score_prompts(model, tokenizer, [prompts[i] for i in mine], share_baseline, baseline_tokenizer,
+                           verifier, reward_model, judge, reference, kl_samples, sampling, Bars(progress), seconds)
+    per_prompt = gather_in_order(n, mine, local, world)
+    replies = [p["reply"] for p in per_prompt]
+    base_replies = [p["base_reply"] for p in per_prompt] if baseline is not None else None
+    out: dict[str, Any] = {"lengths": [p["length"] for p in per_prompt],
+                           "base_lengths": [p["base_length"] for p in per_prompt] if baseline is not None else None}
+    for key, column in (("passed", "passed"), ("base_passed", "base_passed"), ("rewards", "reward"),
+                        ("base_rewards", "base_reward"), ("judge_p", "judge_p")):
+        if column in per_prompt[0]:
+            out[key] = [p[column] for p in per_prompt]
     kl_summary = None
-    if kl_rows is not None:
-        t0 = time.perf_counter()
-        kl_summary, out["kl_per_prompt"] = _kl(model, reference, kl_rows, keep, kl_samples, n, tokenizer,
-                                               batch_size)
-        timed("kl_scoring", t0)
+    if reference is not None:
+        kl_summary, out["kl_per_prompt"] = _kl_summary([p["kl"] for p in per_prompt])
 
     rows = _generation_rows(prompts, texts, replies, base_replies, out, tie_margin, prompt_ids)
     summary = _generation_summary(out, n, sampling, tie_margin, n_bootstrap)
@@ -312,3 +284,74 @@ def _generation_summary(out: dict[str, Any], n: int, sampling: dict[str, Any], t
     if win:
         summary["win_rate"] = win
     return summary
+
+
+def _score_prompts(model: nn.Module, tokenizer: Any, prompts: Sequence[Text], baseline: Any, baseline_tokenizer: Any,
+                   verifier: Verifier | None, reward_model: RewardScorer | None, judge: Judge | None,
+                   reference: nn.Module | None, kl_samples: int, sampling: dict[str, Any], bars: Bars,
+                   seconds: dict[str, float]) -> list[dict[str, Any]]:
+    """Everything measured per prompt, one dict per prompt: replies (and the baseline's), their lengths, the
+    verifier, reward and judge outcomes, and the KL samples' log-probs."""
+    n, texts = len(prompts), [prompt_text(p) for p in prompts]
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    if not n:  # more processes than prompts: nothing to do here
+        return rows
+
+    def timed(name: str, start: float) -> None:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    def put(column: str, values: Sequence[Any]) -> None:
+        for row, value in zip(rows, values, strict=True):
+            row[column] = value
+
+    with bars.open():
+        t0 = time.perf_counter()
+        replies = generate(model, tokenizer, prompts, progress=bars.task("generating (policy)", n), **sampling)
+        timed("generate_policy", t0)
+        put("reply", replies)
+        put("length", [n_tokens(r) for r in replies])
+        base_replies: list[str] | None = None
+        if isinstance(baseline, nn.Module):
+            t0 = time.perf_counter()
+            base_replies = generate(baseline, baseline_tokenizer or tokenizer, prompts,
+                                    progress=bars.task("generating (baseline)", n), **sampling)
+            timed("generate_baseline", t0)
+        elif baseline is not None:
+            base_replies = [str(b) for b in baseline]
+        if base_replies is not None:
+            put("base_reply", base_replies)
+            put("base_length", [n_tokens(r) for r in base_replies])
+        if verifier is not None:
+            put("passed", [verifier(t, r) for t, r in zip(texts, replies, strict=True)])
+            if base_replies is not None:
+                put("base_passed", [verifier(t, r) for t, r in zip(texts, base_replies, strict=True)])
+        if reward_model is not None:
+            t0 = time.perf_counter()
+            put("reward", [float(v) for v in reward_model(prompts, replies)] if n else [])
+            if base_replies is not None:
+                put("base_reward", [float(v) for v in reward_model(prompts, base_replies)] if n else [])
+            timed("reward_model", t0)
+        if judge is not None:
+            assert base_replies is not None
+            t0 = time.perf_counter()
+            advance = bars.task("judging (both orders)", n)
+            for row, t, a, b in zip(rows, texts, replies, base_replies, strict=True):
+                row["judge_p"] = judge_pair(judge, t, a, b)
+                advance(1)
+            timed("judge", t0)
+        if reference is not None:
+            t0 = time.perf_counter()
+            prompt_ids_kl, sampled = exact_samples(model, tokenizer, prompts, sampling["max_new_tokens"],
+                                                   sampling["batch_size"], sampling["system"], sampling["seed"] + 1,
+                                                   bars.task("sampling for KL", n), n=kl_samples)
+            keep = [i for i, s in enumerate(sampled) if s]
+            kl_rows = [(prompt_ids_kl[i], sampled[i]) for i in keep]
+            timed("kl_sampling", t0)
+    if reference is not None:
+        t0 = time.perf_counter()
+        put("kl", _kl_samples(model, reference, kl_rows, keep, kl_samples, n, tokenizer, sampling["batch_size"]))
+        timed("kl_scoring", t0)
+    return rows
