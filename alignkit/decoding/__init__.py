@@ -3,9 +3,10 @@
 ``base`` (the strategy registry, :class:`DecodeSettings`, candidates and selection), ``rewards`` (reward
 specs -> batched scorers over the reward layer), ``prompts`` (prompt files), ``strategies`` (``greedy``,
 ``sample``, ``best_of_n``), ``urial`` (in-context alignment of base models), ``deal`` (reward-guided search),
-``run`` (:func:`decode`, :func:`run_generate`), ``command`` (``alignkit generate``). The strategy modules
-register themselves when :func:`~alignkit.decoding.base.get_strategy` first runs. This package imports the
-engine, rewards, data and models, never eval or train.
+``rps`` (robust preference selection over a two-objective reward), ``run`` (:func:`decode`,
+:func:`run_generate`), ``command`` (``alignkit generate``). The strategy modules register themselves when
+:func:`~alignkit.decoding.base.get_strategy` first runs. This package imports the engine, rewards, data and
+models, never eval or train.
 
 Names are re-exported lazily (PEP 562) so that ``import alignkit.decoding.command`` (the CLI) does not pull
 in torch before a command runs.

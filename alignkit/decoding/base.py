@@ -42,10 +42,17 @@ class DecodeSettings:
     # URIAL (Lin et al., arXiv:2312.01552)
     urial_examples: Path | None = None
     urial_k: int | None = None  # use the first K examples (default: all)
+    # RPS (Mao et al., arXiv:2510.20498): directions in the plane of a two-objective reward, angles in degrees
+    rps_k: int = 5  # candidates (directions) per prompt
+    rps_angle: float = 45.0  # target direction θ*: v* = (cos θ*, sin θ*)
+    rps_radius: float = 30.0  # angular radius Δ of the neighbourhood
+    rps_baseline: bool = False  # k samples at θ* instead (best-of-k at the target direction)
+    rps_objectives: tuple[str, ...] = ()  # the two objectives' names in the instruction (default: the rewards')
+    rps_in_prompt: bool = False  # state the direction in the user prompt instead of the system message
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "reward_batch_size": self.reward_batch_size, "n": self.n,
-                    "deal_top_k": self.deal_top_k, "deal_beam": self.deal_beam}
+                    "deal_top_k": self.deal_top_k, "deal_beam": self.deal_beam, "rps_k": self.rps_k}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -53,6 +60,10 @@ class DecodeSettings:
             raise ValueError("max_new_tokens must be >= 1 and deal_lookahead >= 0")
         if self.urial_k is not None and self.urial_k < 0:
             raise ValueError(f"urial_k must be >= 0, got {self.urial_k}")
+        if not 0 <= self.rps_radius <= 180:
+            raise ValueError(f"rps_radius must be in [0, 180] degrees, got {self.rps_radius}")
+        if self.rps_objectives and len(self.rps_objectives) != 2:
+            raise ValueError(f"rps_objectives names two objectives, got {len(self.rps_objectives)}")
 
     def pick(self, names: Sequence[str]) -> dict[str, Any]:
         """The named settings as JSON-able values (what an output line records)."""
@@ -134,7 +145,8 @@ def register(name: str, *, needs_reward: bool = False, settings: Sequence[str] =
     return wrap
 
 
-BUILTIN_MODULES = ("alignkit.decoding.strategies", "alignkit.decoding.urial", "alignkit.decoding.deal")
+BUILTIN_MODULES = ("alignkit.decoding.strategies", "alignkit.decoding.urial", "alignkit.decoding.deal",
+                   "alignkit.decoding.rps")
 
 
 def get_strategy(name: str) -> Strategy:

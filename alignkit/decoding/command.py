@@ -21,7 +21,7 @@ def generate_command(
     prompts: Annotated[str, typer.Option("--prompts", help=".txt (one prompt a line), a file with a 'prompt' "
                                                            "column (JSONL/JSON/CSV/Parquet) or preference data")],
     out: Annotated[Path, typer.Option("--out", help="output JSON Lines file (one line per prompt)")],
-    strategy: Annotated[str, typer.Option("--strategy", help="greedy, sample, best_of_n, urial, deal")] = "greedy",
+    strategy: Annotated[str, typer.Option("--strategy", help="greedy, sample, best_of_n, urial, deal, rps")] = "greedy",
     reward: Annotated[list[str] | None, typer.Option("--reward", help="verifier:synthetic, reward_model:DIR (or a "
                                                      "directory), judge:MODEL, package.module:attr; 'W*SPEC' "
                                                      "weights it; repeat to sum several")] = None,
@@ -43,6 +43,17 @@ def generate_command(
     examples: Annotated[Path | None, typer.Option("--examples", help="urial: your own examples (JSONL with "
                                                                     "'query' and 'answer')")] = None,
     urial_k: Annotated[int | None, typer.Option("--urial-k", help="urial: use the first K examples", min=0)] = None,
+    rps_k: Annotated[int, typer.Option("--rps-k", help="rps: directions (candidates) per prompt", min=1)] = 5,
+    rps_angle: Annotated[float, typer.Option("--rps-angle", help="rps: target direction θ* in degrees in the "
+                                                                 "plane of the two rewards")] = 45.0,
+    rps_radius: Annotated[float, typer.Option("--rps-radius", help="rps: angular radius Δ in degrees",
+                                              min=0, max=180)] = 30.0,
+    rps_baseline: Annotated[bool, typer.Option("--rps-baseline", help="rps: k samples at the target direction "
+                                                                      "instead of one per neighbour")] = False,
+    rps_objectives: Annotated[str | None, typer.Option("--rps-objectives", help="rps: the two objectives' names "
+                                                       "in the instruction, e.g. 'helpfulness,verbosity'")] = None,
+    rps_in_prompt: Annotated[bool, typer.Option("--rps-in-prompt", help="rps: state the direction in the prompt, "
+                                                                        "not the system message")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="weights dtype")] = "float32",
     column_map: Annotated[str | None, typer.Option(help='JSON, e.g. {"prompt": "question"}')] = None,
@@ -61,7 +72,10 @@ def generate_command(
                               repetition_penalty=repetition_penalty, stop=tuple(stop or ()), seed=seed,
                               system=system, batch_size=batch_size, n=n, deal_top_k=deal_top_k,
                               deal_lookahead=lookahead, deal_lambda=reward_weight, deal_beam=beam,
-                              urial_examples=examples, urial_k=urial_k)
+                              urial_examples=examples, urial_k=urial_k, rps_k=rps_k, rps_angle=rps_angle,
+                              rps_radius=rps_radius, rps_baseline=rps_baseline, rps_in_prompt=rps_in_prompt,
+                              rps_objectives=tuple(n.strip() for n in rps_objectives.split(",")) if rps_objectives
+                              else ())
     summary = run_generate(model, prompts, out, strategy, reward, settings, limit=limit, device=device, dtype=dtype,
                            progress=progress, column_map=mapping, log=lambda m: console.print(m, highlight=False))
     table = Table("metric", "value", title=f"generate: {strategy}")

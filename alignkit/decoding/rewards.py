@@ -116,6 +116,21 @@ class Reward:
                 total[start:end] += weight * source.rewards(list(prompts[start:end]), list(texts[start:end])).float()
         return total.tolist()
 
+    def score_vectors(self, prompts: Sequence[Text], texts: Sequence[str]) -> list[list[float]]:
+        """One component per source (its weight applied, not summed): a multi-objective reward, [texts, sources]."""
+        if self.is_judge:
+            raise ValueError("a judge gives no reward vector of a single response; use verifiers or reward models")
+        if len(prompts) != len(texts):
+            raise ValueError(f"{len(prompts)} prompts but {len(texts)} responses")
+        columns = torch.zeros(len(texts), len(self.sources))
+        for start in range(0, len(texts), self.batch_size):
+            chunk_prompts, chunk_texts = list(prompts[start:start + self.batch_size]), list(texts[start:start +
+                                                                                               self.batch_size])
+            for j, (weight, source) in enumerate(self.sources):
+                columns[start:start + len(chunk_texts), j] = weight * source.rewards(chunk_prompts,
+                                                                                     chunk_texts).float()
+        return columns.tolist()
+
     def score_groups(self, prompts: Sequence[Text], groups: Sequence[Sequence[str]]) -> list[list[float]]:
         """Scores of each prompt's candidates: rewards, or for a judge the round-robin mean preference."""
         if not self.is_judge:
