@@ -1,7 +1,7 @@
 """Decoding-time alignment: strategies that align outputs without training, on the engine's one generator.
 
 ``base`` (the strategy registry, :class:`DecodeSettings`, candidates and selection), ``rewards`` (reward
-specs -> batched scorers over the reward layer), ``prompts`` (prompt files), ``strategies`` (``greedy``,
+specs -> batched scorers over the reward layer), ``strategies`` (``greedy``,
 ``sample``, ``best_of_n``), ``urial`` (in-context alignment of base models), ``deal`` (reward-guided search),
 ``rps`` (robust preference selection over a two-objective reward), ``run`` (:func:`decode`,
 :func:`run_generate`), ``command`` (``alignkit generate``). The strategy modules register themselves when

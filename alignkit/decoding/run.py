@@ -105,7 +105,7 @@ def run_generate(model_spec: str, prompts_file: str, out: str | Path, strategy: 
                  column_map: dict[str, str] | None = None, log=print) -> dict[str, Any]:
     """Load, decode every prompt of ``prompts_file`` and write ``out`` atomically; returns a summary (and writes
     the best-of-N pass-rate curve next to ``out`` when the reward is a verifier)."""
-    from alignkit.decoding.prompts import load_prompts
+    from alignkit.data.prompts import load_prompts
     from alignkit.models import load_model
 
     settings = settings or DecodeSettings()

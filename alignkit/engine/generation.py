@@ -150,6 +150,8 @@ def _decode_batch(policy: nn.Module, reference: nn.Module | None, beta: float, p
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     reason = ["length"] * rows
     tokens: list[Tensor] = []
+    history: list[list[int]] = [[] for _ in range(rows)]  # per row, for stop strings
+    stop_window = max((len(s) for s in params.stop), default=0) + 8
     token_logps: list[Tensor] = []
     seen = ids.repeat_interleave(n, dim=0) if params.repetition_penalty != 1.0 else None
     step_ids = ids
@@ -186,9 +188,13 @@ def _decode_batch(policy: nn.Module, reference: nn.Module | None, beta: float, p
             reason[r] = "eos"
         finished = finished | newly_eos
         if params.stop and tokenizer is not None:
-            so_far = torch.stack(tokens, 1).tolist()
+            # a stop string first shows up ending in the newest token, so only each row's last tokens are
+            # decoded (one token is at least one character; the margin covers tokens that decode to nothing)
+            newest = nxt.tolist()
             for r in (~finished).nonzero().flatten().tolist():
-                if any(s in tokenizer.decode(so_far[r], skip_special_tokens=True) for s in params.stop):
+                history[r].append(newest[r])
+                tail = tokenizer.decode(history[r][-stop_window:], skip_special_tokens=True)
+                if any(s in tail for s in params.stop):
                     finished[r] = True
                     reason[r] = "stop"
         if bool(finished.all()):

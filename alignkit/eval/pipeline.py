@@ -7,7 +7,6 @@ one-line message; the command prints it.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import time
@@ -68,31 +67,15 @@ def load_pairs(config: EvalConfig, log: Log) -> tuple[list[Any], dict[str, Any]]
 
 
 def load_prompts(path: str) -> list[Any]:
-    """A prompt file: ``.txt`` (one prompt per line) or JSON Lines (``.jsonl[.gz]``) with a ``prompt`` field
-    (a string or a list of chat messages)."""
-    p = Path(path)
-    if not p.is_file():
-        raise EvalError(f"prompt file {path} not found")
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as fh:
-        lines = [line for line in fh.read().splitlines() if line.strip()]
-    if p.name.removesuffix(".gz").endswith(".txt"):
-        prompts: list[Any] = [line.strip() for line in lines]
-    else:
-        prompts = []
-        for lineno, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}:{lineno}: invalid JSON ({err.msg}); prompt files are .txt or JSON Lines"
-                                ) from None
-            value = row.get("prompt") if isinstance(row, dict) else None
-            if not value or not isinstance(value, str | list):
-                raise EvalError(f"{path}:{lineno}: expected an object with a non-empty 'prompt' (text or messages)")
-            prompts.append(value)
-    if not prompts:
-        raise EvalError(f"prompt file {path} holds no prompts")
-    return prompts
+    """The prompts of a prompt file (:func:`alignkit.data.prompts.load_prompts`: ``.txt``, a ``prompt``
+    column, or preference pairs); problems are one-line :class:`EvalError`."""
+    from alignkit.data import DataError
+    from alignkit.data.prompts import load_prompts as read_prompt_file
+
+    try:
+        return [prompt for prompt, _ in read_prompt_file(path)]
+    except (DataError, OSError, ValueError) as err:
+        raise EvalError(str(err)) from None
 
 
 class _Models:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from alignkit.io import JsonlError, atomic_write_text, read_jsonl, remove_stale_siblings
+from alignkit.io import JsonlError, read_jsonl, remove_stale_siblings, write_jsonl
 
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "tensorboard", "trackers", "rejected_rows.jsonl")
 RUN_GLOBS = ("rejected_rows_*.jsonl",)
@@ -113,10 +113,4 @@ def truncate_metrics(path: Path, step: int, max_steps: int, log: Callable[[str],
             and not (r.get("step") == step == max_steps and r.get("split") == "eval")]
     if len(kept) != len(rows):
         log(f"resume: dropped {len(rows) - len(kept)} metrics line(s) logged after the step-{step} checkpoint")
-    atomic_write_text(path, "".join(_json_line(r) for r in kept))
-
-
-def _json_line(row: dict) -> str:
-    import json
-
-    return json.dumps(row) + "\n"
+    write_jsonl(path, kept)

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from alignkit.cli import app
+from alignkit.data.prompts import load_prompts
 from alignkit.data.synthetic import make_synthetic
 from alignkit.decoding import DecodeSettings, build_reward, decode, select_best
-from alignkit.decoding.prompts import load_prompts
 from alignkit.decoding.rewards import source_spec
 from alignkit.decoding.strategies import pass_at, pass_rate_curve
 from alignkit.engine.generation import generate

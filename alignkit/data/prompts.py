@@ -1,6 +1,7 @@
-"""Prompts for ``alignkit generate``: a ``.txt`` file (one a line), any file ``alignkit.data`` reads with a
-``prompt`` column (JSONL, JSON, CSV, Parquet; text or chat messages), or preference data (the prompt of each
-pair, in any shape the pair reader accepts: TRL columns, conversations, HH-RLHF transcripts)."""
+"""Prompt files, for ``alignkit generate`` and ``alignkit eval --prompts``: a ``.txt`` file (one a line), any
+file ``alignkit.data`` reads with a ``prompt`` column (JSONL, JSON, CSV, Parquet; text or chat messages), or
+preference data (the prompt of each pair, in any shape the pair reader accepts: TRL columns, conversations,
+HH-RLHF transcripts)."""
 
 from __future__ import annotations
 
