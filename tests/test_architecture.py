@@ -20,6 +20,9 @@ ALLOWED = {
     "decoding": BASE | {"engine", "rewards", "data", "models"},
     "eval": BASE | {"engine", "rewards", "data", "models", "report"},
     "train": BASE | {"engine", "objectives", "rewards", "data", "models"},
+    "probes": BASE | {"engine", "rewards", "decoding", "data", "models", "report"},
+    "scenarios": BASE | {"engine", "rewards", "data", "models", "report"},
+    "label": BASE | {"data"},
     "cli": None, "quickstart": None,  # commands may import anything
 }
 
