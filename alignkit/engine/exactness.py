@@ -6,12 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alignkit.engine.layouts import build_groups, collate, probe_group, static_support
+from alignkit.engine import segments
+from alignkit.engine.layouts import attention_implementation, build_groups, collate, probe_group, static_support
 from alignkit.engine.logprobs import sequence_logps
 
 
 @torch.no_grad()
-def probe_support(model: nn.Module, pad_id: int, rtol: float | None = None) -> str | None:
+def probe_support(model: nn.Module, pad_id: int, rtol: float | None = None, attention: str = "dense") -> str | None:
     """Compare the shared-prefix and padded log-probs of a small group; None when they agree to float
     noise (``rtol`` of the log-prob's size: fp32 reorderings move a sum of ~200 nats by ~1e-4). A mask
     that is ignored or rebuilt, or ignored ``position_ids``, move them by far more (tenths to nats)."""
@@ -26,9 +27,11 @@ def probe_support(model: nn.Module, pad_id: int, rtol: float | None = None) -> s
     model.eval()
     try:
         padded = sequence_logps(model, collate([(prompt, r) for r in responses], pad_id).to(device)).logps
-        shared = sequence_logps(model, build_groups([group], pad_id).to(device)).logps
+        packed = build_groups([group, (group[0][:5], group[1][1:])], pad_id, pack=True, row_tokens=64).to(device)
+        shared = sequence_logps(model, packed, attention=attention).logps[:len(responses)]
     except Exception as error:  # noqa: BLE001 - any failure means "not supported", with the reason logged
-        return f"the model rejected a 4-D mask ({type(error).__name__}: {error})"
+        what = "a 4-D mask" if attention == "dense" else "per-segment attention"
+        return f"the model rejected {what} ({type(error).__name__}: {error})"
     finally:
         model.train(was_training)
     gap = float((padded - shared).abs().max())
@@ -38,6 +41,22 @@ def probe_support(model: nn.Module, pad_id: int, rtol: float | None = None) -> s
     return None
 
 
+def segment_support(model: nn.Module, pad_id: int) -> str | None:
+    """None when per-segment attention (:mod:`alignkit.engine.segments`) is exact for ``model``, else why not;
+    the verdict is remembered, so packed forwards of this model (and of modules sharing its configuration)
+    use it from then on."""
+    if attention_implementation(model) != "sdpa":
+        reason = f"attention implementation {attention_implementation(model)!r} is not sdpa"
+    else:
+        reason = probe_support(model, pad_id, attention="segments")
+    segments.remember(model, reason)
+    return reason
+
+
 def layout_support(model: nn.Module, pad_id: int) -> str | None:
-    """None when shared-prefix/packed layouts are exact for ``model``, else why not."""
-    return static_support(model) or probe_support(model, pad_id)
+    """None when shared-prefix/packed layouts are exact for ``model``, else why not. When they are, also
+    probes (and remembers) whether their attention can skip masked blocks: see :func:`segment_support`."""
+    reason = static_support(model) or probe_support(model, pad_id)
+    if reason is None:
+        segment_support(model, pad_id)
+    return reason

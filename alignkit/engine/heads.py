@@ -16,7 +16,9 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from alignkit.engine import segments
 from alignkit.engine.layouts import PackedBatch, SequenceBatch, attention_implementation
+from alignkit.engine.logprobs import segment_plan
 
 
 def last_token_positions(batch: SequenceBatch | PackedBatch) -> Tensor:
@@ -54,13 +56,14 @@ def hidden_at(decoder: nn.Module, batch: SequenceBatch | PackedBatch, positions:
         weight = getattr(embeddings, "weight", None)
         dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
         mask = batch.attention_mask(attention_implementation(decoder) or "sdpa", dtype)
-        position_ids = batch.position_ids
+        position_ids, plan = batch.position_ids, segment_plan(decoder, batch)
     else:
-        mask, position_ids = batch.attention_mask, None
+        mask, position_ids, plan = batch.attention_mask, None, None
     autocast = torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    with autocast:
+    attention, extra = segments.forward_context(decoder, plan)
+    with autocast, attention:
         hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=position_ids,
-                         use_cache=False).last_hidden_state
+                         use_cache=False, **extra).last_hidden_state
     return hidden.reshape(-1, hidden.shape[-1])[positions.to(device)]
 
 

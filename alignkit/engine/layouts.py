@@ -78,12 +78,13 @@ class PackedBatch:
     score_entry: Tensor  # [K]
     score_seq: Tensor  # [K]
     num_sequences: int
+    spans: list = field(default_factory=list)  # per row: (start, prompt length, response lengths) per group
     _masks: dict = field(default_factory=dict, repr=False)
 
     def to(self, device: torch.device) -> PackedBatch:
         return PackedBatch(*(t.to(device) for t in (self.input_ids, self.position_ids, self.segment, self.branch,
                                                       self.score_src, self.score_target, self.score_entry,
-                                                      self.score_seq)), self.num_sequences)
+                                                      self.score_seq)), self.num_sequences, self.spans)
 
     @property
     def num_tokens(self) -> int:
@@ -169,11 +170,14 @@ def build_groups(groups: Sequence[Group], pad_id: int, score_prompt: bool = Fals
     target: list[int] = []
     entry: list[int] = []
     seq: list[int] = []
+    spans: list[list[tuple[int, int, list[int]]]] = []
     for r, row in enumerate(placement):
         offset = 0
+        spans.append([])
         for slot, g in enumerate(row):
             prompt, responses = groups[g]
             p = len(prompt)
+            spans[-1].append((offset, p, [len(x) for x in responses]))
             base = r * width
             ids[r, offset:offset + p] = torch.tensor(prompt, dtype=torch.long)
             positions[r, offset:offset + p] = torch.arange(p)
@@ -207,7 +211,7 @@ def build_groups(groups: Sequence[Group], pad_id: int, score_prompt: bool = Fals
             offset = cursor
     as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
     return PackedBatch(ids, positions, segment, branch, as_long(src), as_long(target), as_long(entry), as_long(seq),
-                       total)
+                       total, spans)
 
 
 # ---------------------------------------------------------------- when the layout is exact

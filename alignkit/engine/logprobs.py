@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from alignkit.engine import segments
 from alignkit.engine.layouts import PackedBatch, SequenceBatch, attention_implementation, collate
 
 
@@ -59,6 +60,7 @@ def sequence_logps(
     return_token_logps: bool = False,
     position_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
+    attention: str = "auto",
 ) -> SequenceLogps:
     """Summed log-probs of target tokens for every row of ``batch``.
 
@@ -68,10 +70,13 @@ def sequence_logps(
 
     A :class:`~alignkit.engine.layouts.PackedBatch` (shared-prefix or packed rows) gives one result per
     *sequence* (response) rather than per row, with its 4-D mask built in the convention of the model's
-    attention implementation; ``return_token_logps`` is not available for it.
+    attention implementation; ``return_token_logps`` is not available for it. Its attention runs per
+    segment (:mod:`alignkit.engine.segments`, skipping what the mask hides) when ``attention`` is
+    ``"segments"``, or ``"auto"`` and the exactness probe passed for this model; ``"dense"`` forces the mask.
     """
     if isinstance(batch, PackedBatch):
-        return _packed_logps(model, batch, chunk_size, autocast_dtype, return_token_logps, attention_mask)
+        return _packed_logps(model, batch, chunk_size, autocast_dtype, return_token_logps, attention_mask,
+                             attention)
     device = batch.input_ids.device
     mask = batch.attention_mask if attention_mask is None else attention_mask
     # position t predicts token t+1
@@ -93,15 +98,28 @@ def sequence_logps(
     return SequenceLogps(logps, tokens, logit_sums / tokens.clamp_min(1), token_logps)
 
 
+def segment_plan(model: nn.Module, batch: PackedBatch, attention: str = "auto") -> segments.SegmentPlan | None:
+    """The per-segment attention plan for ``batch``, or None for the dense 4-D mask."""
+    if attention not in ("auto", "dense", "segments"):
+        raise ValueError(f"attention must be auto, dense or segments, not {attention!r}")
+    use = attention == "segments" or (attention == "auto" and segments.not_used_because(model) is None)
+    if not use or not batch.spans or attention_implementation(model) != "sdpa":
+        return None
+    return segments.SegmentPlan.from_spans(batch.spans, batch.input_ids.shape[1])
+
+
 def _packed_logps(model: nn.Module, batch: PackedBatch, chunk_size: int, autocast_dtype: torch.dtype | None,
-                  return_token_logps: bool, attention_mask: Tensor | None) -> SequenceLogps:
+                  return_token_logps: bool, attention_mask: Tensor | None, attention: str = "auto"
+                  ) -> SequenceLogps:
     if return_token_logps:
         raise ValueError("return_token_logps needs a padded SequenceBatch (collate), not a PackedBatch")
+    plan = None  # a caller's own mask is honoured as given
     if attention_mask is None:
         implementation = attention_implementation(model) or "sdpa"
         attention_mask = batch.attention_mask(implementation, _embedding_dtype(model))
+        plan = segment_plan(model, batch, attention)
     flat_lp, flat_logit = _score(model, batch.input_ids, attention_mask, batch.position_ids, batch.score_src,
-                                 batch.score_target, chunk_size, autocast_dtype)
+                                 batch.score_target, chunk_size, autocast_dtype, plan)
     device, n = batch.input_ids.device, batch.num_sequences
     seq = batch.score_seq
     logps = torch.zeros(n, device=device, dtype=torch.float32).index_add(0, seq, flat_lp[batch.score_entry])
@@ -118,21 +136,23 @@ def _embedding_dtype(model: nn.Module) -> torch.dtype:
 
 
 def _score(model: nn.Module, input_ids: Tensor, mask: Tensor, position_ids: Tensor | None, src: Tensor,
-           targets: Tensor, chunk_size: int, autocast_dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+           targets: Tensor, chunk_size: int, autocast_dtype: torch.dtype | None,
+           plan: segments.SegmentPlan | None = None) -> tuple[Tensor, Tensor]:
     """Log-prob of ``targets[m]`` given the hidden state at flat position ``src[m]``, and the mean logit
     there (detached). The vocabulary projection runs only at those positions, ``chunk_size`` at a time."""
     device = input_ids.device
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype
                 else nullcontext())
     path = hidden_state_head(model)
-    with autocast:
+    attention, extra = segments.forward_context(model, plan)
+    with autocast, attention:
         if path is None:
-            states = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits
+            states = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **extra).logits
             head = None
         else:
             decoder, head = path
             states = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                             use_cache=False).last_hidden_state
+                             use_cache=False, **extra).last_hidden_state
     selected = states.reshape(-1, states.shape[-1])[src]  # [M, H] (or [M, V] without a hidden path)
     token_lp_chunks, logit_mean_chunks = [], []
     for start in range(0, selected.shape[0], chunk_size):

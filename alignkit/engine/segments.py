@@ -1,0 +1,180 @@
+"""Attention that skips what the shared-prefix / packed mask hides: per-segment SDPA calls.
+
+A row of the shared-prefix layout is ``[prompt | r1 | r2 | ...]`` (several such groups when packed). The
+dense 4-D mask makes attention compute every query against every key of the row and throw most of the
+scores away: the upper triangle, the other groups of a packed row, and response k against response j.
+Here each group is computed with the calls that need no mask but causality:
+
+* ``[prompt | r1]`` is an ordinary causal sequence: one ``is_causal`` SDPA call;
+* response k >= 2 attends to the prompt and causally to itself: one call with queries ``rk`` and keys
+  ``[prompt | rk]`` and a small ``[len(rk), len(prompt) + len(rk)]`` mask;
+* padding at the end of a row attends to nothing; its outputs are zeros (never scored, never seen).
+
+The result equals the dense-mask attention up to float reordering (the exactness probe checks it per
+model, :func:`alignkit.engine.exactness.segment_support`). The work is ``(p + n1)^2 / 2 + sum_k nk (p + nk)``
+scores per group instead of ``L^2`` per row. This is what the prefix-sharing paper (Wang & Hegde 2024,
+"Accelerating Direct Preference Optimization with Prefix Sharing", arXiv 2410.20305) does with FlexAttention
+block masks; torch's FlexAttention has no backward on CPU, and SDPA's own kernels skip the causal upper
+triangle, so per-segment SDPA calls work on every device.
+
+The function is registered in transformers' ``AttentionInterface`` and selected only inside
+:func:`segment_attention` (a context manager around one forward), which hands the plan to every layer as a
+keyword argument; models whose layers do not forward keyword arguments to the attention function fail the
+probe and keep the dense mask.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import scaled_dot_product_attention
+
+NAME = "alignkit_segments"
+Call = tuple[int, int, int, int]  # query start, query end, prefix start, prefix end (prefix empty: causal)
+
+
+@dataclass
+class SegmentPlan:
+    """Per row, the SDPA calls that cover its real tokens in order; ``width`` is the row length."""
+
+    rows: list[list[Call]]
+    width: int
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_spans(cls, spans: Sequence[Sequence[tuple[int, int, Sequence[int]]]], width: int) -> SegmentPlan:
+        """``spans[row]`` lists the row's groups as (start, prompt length, response lengths)."""
+        rows = []
+        for groups in spans:
+            calls: list[Call] = []
+            for start, prompt_len, lengths in groups:
+                first_end = start + prompt_len + (lengths[0] if lengths else 0)
+                calls.append((start, first_end, start, start))
+                cursor = first_end
+                for n in lengths[1:]:
+                    calls.append((cursor, cursor + n, start, start + prompt_len))
+                    cursor += n
+            rows.append(calls)
+        return cls(rows, width)
+
+    def mask(self, prefix: int, length: int, device: torch.device) -> Tensor:
+        """[length, prefix + length] bool: the whole prefix, then causal over the segment itself."""
+        key = (prefix, length, device)
+        if key not in self._masks:
+            own = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+            self._masks[key] = torch.cat([torch.ones(length, prefix, dtype=torch.bool, device=device), own], 1)
+        return self._masks[key]
+
+
+def _sdpa(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, dropout: float,
+          scaling: float | None) -> Tensor:
+    gqa = query.shape[1] != key.shape[1]
+    return scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
+                                        dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+
+
+def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                              attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                              segment_plan: SegmentPlan | None = None, **kwargs) -> tuple[Tensor, None]:
+    """transformers' attention-function signature: query [B, H, T, D], keys/values [B, Hkv, T, D];
+    returns [B, T, H, D]. Without a plan (generation, padded rows) it is plain SDPA."""
+    if segment_plan is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rows = []
+    for r, calls in enumerate(segment_plan.rows):
+        parts = []
+        for q0, q1, p0, p1 in calls:
+            q = query[r:r + 1, :, q0:q1]
+            if p0 == p1:
+                parts.append(_sdpa(q, key[r:r + 1, :, q0:q1], value[r:r + 1, :, q0:q1], None, dropout, scaling))
+            else:
+                k = torch.cat([key[r:r + 1, :, p0:p1], key[r:r + 1, :, q0:q1]], 2)
+                v = torch.cat([value[r:r + 1, :, p0:p1], value[r:r + 1, :, q0:q1]], 2)
+                parts.append(_sdpa(q, k, v, segment_plan.mask(p1 - p0, q1 - q0, query.device), dropout, scaling))
+        used = calls[-1][1] if calls else 0
+        if used < segment_plan.width:
+            parts.append(query.new_zeros(1, query.shape[1], segment_plan.width - used, query.shape[3]))
+        rows.append(torch.cat(parts, 2))
+    return torch.cat(rows, 0).transpose(1, 2).contiguous(), None
+
+
+_REGISTERED = False
+
+
+def _register() -> None:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(NAME, segment_attention_forward)
+        _REGISTERED = True
+
+
+def _configs(model: nn.Module) -> list:
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    config = getattr(base, "config", None)
+    if config is None:
+        return []
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return [config] if text is config else [config, text]
+
+
+@contextmanager
+def segment_attention(model: nn.Module) -> Iterator[None]:
+    """Inside: the model's attention layers use :func:`segment_attention_forward` (sdpa models only)."""
+    _register()
+    configs = _configs(model)
+    previous = [c._attn_implementation for c in configs]
+    for config in configs:
+        config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        for config, value in zip(configs, previous, strict=True):
+            config._attn_implementation = value
+
+
+# ---------------------------------------------------------------- which models use it
+
+_PROBED: dict[int, tuple[weakref.ref, str | None]] = {}  # id(config) -> (config, reason it is not used or None)
+
+
+def _config(model: nn.Module):
+    configs = _configs(getattr(model, "module", model))  # DDP wraps the model in .module
+    return configs[0] if configs else None
+
+
+def remember(model: nn.Module, reason: str | None) -> None:
+    """Record the exactness probe's verdict for ``model`` (and every module sharing its configuration:
+    the causal LM, its decoder, a LoRA wrapper)."""
+    config = _config(model)
+    if config is not None:
+        _PROBED[id(config)] = (weakref.ref(config), reason)
+
+
+def not_used_because(model: nn.Module) -> str | None:
+    """None when packed forwards of ``model`` run per segment, else why they use the dense mask."""
+    if os.environ.get("ALIGNKIT_ATTENTION", "auto") == "dense":
+        return "ALIGNKIT_ATTENTION=dense"
+    config = _config(model)
+    entry = _PROBED.get(id(config)) if config is not None else None
+    if entry is None or entry[0]() is not config:
+        return "not probed for this model (alignkit.engine.exactness.layout_support probes it)"
+    return entry[1]
+
+
+def forward_context(model: nn.Module, plan: SegmentPlan | None) -> tuple[object, dict]:
+    """(context manager, extra forward kwargs) for a packed forward: per-segment attention when a plan is
+    given, else the dense mask."""
+    if plan is None:
+        return nullcontext(), {}
+    return segment_attention(model), {"segment_plan": plan}

@@ -1,0 +1,89 @@
+"""Per-segment attention (alignkit.engine.segments): the same log-probs and gradients as the dense 4-D mask
+and as padded rows, used only where the probe passed, and the model's attention setting restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignkit.engine import segments
+from alignkit.engine.exactness import layout_support
+from alignkit.engine.layouts import build_groups, collate
+from alignkit.engine.logprobs import segment_plan, sequence_logps
+
+
+def gqa_llama(implementation: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=implementation)
+    return LlamaForCausalLM(config).float()
+
+
+def groups(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(n):
+        return torch.randint(5, 200, (n,), generator=g).tolist()
+
+    return [(ids(7), [ids(5), ids(3)]), (ids(4), [ids(6), ids(2), ids(4)]), (ids(9), [ids(1), ids(5)])]
+
+
+def test_plan_covers_each_group_with_one_causal_call_then_one_call_per_further_response():
+    plan = segments.SegmentPlan.from_spans([[(0, 4, [3, 2]), (9, 2, [1])]], width=14)
+    # [prompt|r1] causal; r2 sees the prompt; the second group starts at 9; 12..13 is padding
+    assert plan.rows == [[(0, 7, 0, 0), (7, 9, 0, 4), (9, 12, 9, 9)]]
+    mask = plan.mask(4, 2, torch.device("cpu"))
+    assert mask.tolist() == [[True] * 4 + [True, False], [True] * 4 + [True, True]]
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_segment_attention_equals_dense_mask_and_padded_rows(pack):
+    model = gqa_llama()
+    data = groups()
+    padded = sequence_logps(model, collate([(p, r) for p, rs in data for r in rs], 0)).logps
+    batch = build_groups(data, 0, pack=pack, row_tokens=40)
+    assert segment_plan(model, batch, "segments") is not None
+    dense = sequence_logps(model, batch, attention="dense").logps
+    split = sequence_logps(model, batch, attention="segments").logps
+    torch.testing.assert_close(split, dense, atol=1e-5, rtol=0)
+    torch.testing.assert_close(split, padded, atol=1e-5, rtol=0)
+
+
+def test_segment_attention_gives_the_dense_gradients():
+    model = gqa_llama()
+    batch = build_groups(groups(2), 0, pack=True, row_tokens=40)
+    grads = {}
+    for attention in ("dense", "segments"):
+        model.zero_grad()
+        sequence_logps(model, batch, attention=attention).logps.sum().backward()
+        grads[attention] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(grads["segments"], grads["dense"], atol=1e-4, rtol=1e-4)
+
+
+def test_attention_setting_is_restored_even_when_the_forward_fails():
+    model = gqa_llama()
+    with pytest.raises(RuntimeError), segments.segment_attention(model):
+        assert model.config._attn_implementation == segments.NAME
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_auto_uses_segments_only_after_the_probe_passed(monkeypatch):
+    monkeypatch.delenv("ALIGNKIT_ATTENTION", raising=False)
+    model = gqa_llama()
+    batch = build_groups(groups(), 0)
+    assert "not probed" in segments.not_used_because(model)
+    assert segment_plan(model, batch) is None
+    assert layout_support(model, 0) is None
+    assert segments.not_used_because(model) is None
+    assert segment_plan(model, batch) is not None
+    monkeypatch.setenv("ALIGNKIT_ATTENTION", "dense")
+    assert segment_plan(model, batch) is None
+
+
+def test_eager_models_keep_the_dense_mask_with_the_reason():
+    model = gqa_llama("eager")
+    assert layout_support(model, 0) is None  # the dense mask is exact for eager
+    assert "not sdpa" in segments.not_used_because(model)
+    assert segment_plan(model, build_groups(groups(), 0)) is None
