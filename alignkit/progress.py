@@ -13,10 +13,19 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (pairs/s, prompts/s) of a counted bar."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f}/s" if task.speed else "", style="cyan")
 
 
 class TrainProgress:
@@ -60,8 +69,9 @@ class Bars:
         self.console = Console(stderr=True)
         self.lines = enabled and not self.console.is_terminal
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=self.console, disable=not enabled or self.lines,
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+            disable=not enabled or self.lines,
         )
 
     @contextmanager
@@ -81,9 +91,18 @@ class Bars:
             if total and state["done"] / total >= state["next"] - 1e-9:
                 elapsed = time.perf_counter() - state["start"]
                 eta = elapsed * (total - state["done"]) / state["done"]
-                self.console.print(f"{description}: {state['done']}/{total} ({elapsed:.0f} s, eta {eta:.0f} s)",
-                                   highlight=False)
+                rate = state["done"] / max(elapsed, 1e-9)
+                self.console.print(f"{description}: {state['done']}/{total} ({rate:.1f}/s, {elapsed:.0f} s, "
+                                   f"eta {eta:.0f} s)", highlight=False)
                 while state["done"] / total >= state["next"] - 1e-9:
                     state["next"] += 0.1
 
         return advance
+
+
+@contextmanager
+def counted(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """One bar for one piece of counted work: ``with counted("reference log-probs", n) as advance: ...``."""
+    bars = Bars(enabled)
+    with bars.open():
+        yield bars.task(description, total)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from alignkit.engine import segments
-from alignkit.engine.layouts import attention_implementation, build_groups, collate, probe_group, static_support
+from alignkit.engine.layouts import build_groups, collate, probe_group, static_support
 from alignkit.engine.logprobs import sequence_logps
 
 
@@ -41,22 +41,11 @@ def probe_support(model: nn.Module, pad_id: int, rtol: float | None = None, atte
     return None
 
 
-def segment_support(model: nn.Module, pad_id: int) -> str | None:
-    """None when per-segment attention (:mod:`alignkit.engine.segments`) is exact for ``model``, else why not;
-    the verdict is remembered, so packed forwards of this model (and of modules sharing its configuration)
-    use it from then on."""
-    if attention_implementation(model) != "sdpa":
-        reason = f"attention implementation {attention_implementation(model)!r} is not sdpa"
-    else:
-        reason = probe_support(model, pad_id, attention="segments")
-    segments.remember(model, reason)
-    return reason
-
-
 def layout_support(model: nn.Module, pad_id: int) -> str | None:
     """None when shared-prefix/packed layouts are exact for ``model``, else why not. When they are, also
-    probes (and remembers) whether their attention can skip masked blocks: see :func:`segment_support`."""
+    probes (and remembers) whether their attention can skip masked blocks
+    (:func:`alignkit.engine.segments.not_used_because`)."""
     reason = static_support(model) or probe_support(model, pad_id)
     if reason is None:
-        segment_support(model, pad_id)
+        segments.not_used_because(model)
     return reason

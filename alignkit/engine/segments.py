@@ -107,16 +107,11 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
     return torch.cat(rows, 0).transpose(1, 2).contiguous(), None
 
 
-_REGISTERED = False
-
-
 def _register() -> None:
-    global _REGISTERED
-    if not _REGISTERED:
-        from transformers import AttentionInterface
+    """(Re-)register the function under NAME: a dict update, so whatever is current here is what runs."""
+    from transformers import AttentionInterface
 
-        AttentionInterface.register(NAME, segment_attention_forward)
-        _REGISTERED = True
+    AttentionInterface.register(NAME, segment_attention_forward)
 
 
 def _configs(model: nn.Module) -> list:
@@ -154,21 +149,60 @@ def _config(model: nn.Module):
 
 
 def remember(model: nn.Module, reason: str | None) -> None:
-    """Record the exactness probe's verdict for ``model`` (and every module sharing its configuration:
-    the causal LM, its decoder, a LoRA wrapper)."""
+    """Record the probe's verdict for ``model`` (and every module sharing its configuration: the causal LM,
+    its decoder, a LoRA wrapper)."""
     config = _config(model)
     if config is not None:
         _PROBED[id(config)] = (weakref.ref(config), reason)
 
 
+@torch.no_grad()
+def probe(model: nn.Module) -> str | None:
+    """Run a packed probe row (two groups, three and two responses) through ``model`` with the dense mask and
+    per segment; None when the outputs at every real position agree to float noise, else why not."""
+    from alignkit.engine.layouts import attention_implementation, build_groups, probe_group
+
+    if attention_implementation(model) != "sdpa":
+        return f"attention implementation {attention_implementation(model)!r} is not sdpa"
+    parameter = next(model.parameters())
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    prompt, responses = probe_group(getattr(embeddings, "num_embeddings", None) or 1024)
+    batch = build_groups([(prompt, responses), (prompt[:5], responses[1:])], 0, pack=True).to(parameter.device)
+    plan = SegmentPlan.from_spans(batch.spans, batch.input_ids.shape[1])
+    real = batch.segment >= 0
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = []
+        for current in (None, plan):
+            context, extra = forward_context(model, current)
+            with context:
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask("sdpa"),
+                            position_ids=batch.position_ids, use_cache=False, **extra)
+            outputs.append((out.logits if hasattr(out, "logits") else out.last_hidden_state)[real].float())
+    except Exception as error:  # noqa: BLE001 - any failure means "not used", with the reason kept
+        return f"the model rejected per-segment attention ({type(error).__name__}: {error})"
+    finally:
+        model.train(was_training)
+    gap = float((outputs[0] - outputs[1]).abs().max())
+    allowed = (1e-4 if parameter.dtype == torch.float32 else 2e-2) * max(1.0, float(outputs[0].abs().max()))
+    if not gap <= allowed:
+        return f"per-segment outputs differ from the dense mask's by {gap:.3g} on a probe (> {allowed:.3g})"
+    return None
+
+
 def not_used_because(model: nn.Module) -> str | None:
-    """None when packed forwards of ``model`` run per segment, else why they use the dense mask."""
+    """None when packed forwards of ``model`` run per segment, else why they use the dense mask. The first
+    call per model configuration runs :func:`probe` and remembers the verdict."""
     if os.environ.get("ALIGNKIT_ATTENTION", "auto") == "dense":
         return "ALIGNKIT_ATTENTION=dense"
     config = _config(model)
-    entry = _PROBED.get(id(config)) if config is not None else None
+    if config is None:
+        return "the model has no configuration"
+    entry = _PROBED.get(id(config))
     if entry is None or entry[0]() is not config:
-        return "not probed for this model (alignkit.engine.exactness.layout_support probes it)"
+        remember(model, probe(model))
+        entry = _PROBED[id(config)]
     return entry[1]
 
 

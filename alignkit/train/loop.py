@@ -23,7 +23,7 @@ from transformers import get_scheduler
 from alignkit.engine.exactness import layout_support
 from alignkit.io import append_jsonl, atomic_directory, atomic_write_text
 from alignkit.models import load_model
-from alignkit.progress import TrainProgress
+from alignkit.progress import TrainProgress, counted
 from alignkit.train.batching import micro_batches
 from alignkit.train.checkpoint import (
     CheckpointError,
@@ -163,7 +163,8 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                       is None)
         # every process computes its share of the batches; the shares are gathered and the main process
         # writes the on-disk cache (a later run on the same data reads it, whatever its process count)
-        common.update(rank=rank, world=world)
+        common.update(rank=rank, world=world,
+                      progress=lambda total: counted("reference log-probs (sequences)", total, config.progress and main))
         precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common)
         eval_precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common)
     frozen = FrozenCopyReference(model, config.logprob_chunk_size, autocast_dtype) \

@@ -171,7 +171,8 @@ class PrecomputedReference:
         values = []
         was_training = model.training
         model.eval()
-        ctx = progress(len(rows)) if progress else nullcontext(None)
+        share = sum(len(rows[starts[k]:starts[k] + batch_size]) for k in mine)
+        ctx = progress(share) if progress else nullcontext(None)
         with torch.no_grad(), ctx as advance:
             for k in mine:
                 part = rows[starts[k]:starts[k] + batch_size]

@@ -69,17 +69,29 @@ def test_attention_setting_is_restored_even_when_the_forward_fails():
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_auto_uses_segments_only_after_the_probe_passed(monkeypatch):
+def test_auto_uses_segments_once_the_probe_passed_and_remembers_the_verdict(monkeypatch):
     monkeypatch.delenv("ALIGNKIT_ATTENTION", raising=False)
     model = gqa_llama()
     batch = build_groups(groups(), 0)
-    assert "not probed" in segments.not_used_because(model)
-    assert segment_plan(model, batch) is None
-    assert layout_support(model, 0) is None
-    assert segments.not_used_because(model) is None
+    calls = []
+    monkeypatch.setattr(segments, "probe", lambda m: calls.append(m) or None)
     assert segment_plan(model, batch) is not None
+    assert segment_plan(model.model, batch) is not None  # the decoder shares the configuration: no new probe
+    assert len(calls) == 1
     monkeypatch.setenv("ALIGNKIT_ATTENTION", "dense")
     assert segment_plan(model, batch) is None
+
+
+def test_the_probe_catches_a_model_whose_layers_drop_the_plan(monkeypatch):
+    model = gqa_llama()
+    assert segments.probe(model) is None
+    original = segments.segment_attention_forward
+
+    def wrong(module, query, key, value, attention_mask, segment_plan=None, **kwargs):
+        return original(module, query, key, value, None, **kwargs)  # ignores the plan and the mask: plain causal
+
+    monkeypatch.setattr(segments, "segment_attention_forward", wrong)
+    assert "differ" in segments.probe(model)
 
 
 def test_eager_models_keep_the_dense_mask_with_the_reason():
