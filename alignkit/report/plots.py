@@ -48,7 +48,7 @@ def _group_of(key: str) -> str:
         return "Optimisation"
     if "per_second" in k or "per_sec" in k or "time" in k or "memory" in k or "throughput" in k:
         return "Throughput"
-    if "kl" in k or "entropy" in k:
+    if "kl" in k or "entropy" in k or "logratio_mixture" in k:  # IPO-MD's E_mixture[log pi/pi_ref], a KL proxy
         return "KL and entropy"
     return "Other"
 
