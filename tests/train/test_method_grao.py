@@ -85,3 +85,28 @@ def test_grao_config_errors(tmp_path):
         build_method(make_config(tmp_path, grao(lamda=0.5)))
     with pytest.raises(ValueError, match="beta must be >= 0"):
         build_method(make_config(tmp_path, grao(beta=-0.5)))
+
+
+def test_grao_and_online_ipo_take_a_reward_model_directory_and_a_summed_list(tmp_path, tokenizer):
+    """A reward model is a reward source by path, and a list of sources is their weighted sum: the first
+    step samples the same responses whatever the reward, so the logged mean rewards must add up."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    rm = tmp_path / "rm"
+    LlamaForSequenceClassification(config).save_pretrained(rm)
+    tokenizer.save_pretrained(rm)
+    spec = f"{{type: reward_model, model: '{rm}'}}"
+    runs = {}
+    for name, reward in [("rm", spec), ("short", f"'{SHORT}'"), ("sum", f"[{spec}, {{type: '{SHORT}', weight: 2.0}}]")]:
+        cfg = make_config(tmp_path / name, grao(reward=reward), "max_steps=1")
+        result = train(cfg, model=eos_prone_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
+        runs[name] = read_metrics(result.output_dir, "train")[-1]["reward_mean"]
+    assert runs["rm"] != pytest.approx(runs["short"], abs=1e-3)
+    assert runs["sum"] == pytest.approx(runs["rm"] + 2.0 * runs["short"], abs=1e-4)
+    cfg = make_config(tmp_path / "ipo", f"{{name: online_ipo, max_new_tokens: 8, preference: {spec}}}", "max_steps=1")
+    result = train(cfg, model=eos_prone_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
+    assert read_metrics(result.output_dir, "train")[-1]["loss"] > 0

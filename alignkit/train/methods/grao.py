@@ -56,8 +56,9 @@ class GRAOParams(SampledParams):
     include_reference: bool = Field(False, description="normalise advantages over the G samples and y (default: "
                                                        "the G samples, the paper's Eq. 4)")
     kl_coef: float = Field(0.0, ge=0, description="optional k3 KL(π_θ‖π_ref) penalty, not part of GRAO (0: off)")
-    reward: str | dict[str, Any] = Field(
-        "verifier", description="scalar reward source: verifier, {type: reward_model, model: ...}, module:attr")
+    reward: str | dict[str, Any] | list[Any] = Field(
+        "verifier", description="scalar reward source: verifier, {type: reward_model, model: ...}, module:attr, "
+                                "or a list of them (summed, each with an optional weight)")
 
 
 def k3_kl(policy_tokens: torch.Tensor, reference_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,9 @@ class SampledParams(Params):
 
 
 class OnlineParams(SampledParams):
-    preference: str | dict[str, Any] = Field(
-        "verifier", description="preference source: verifier, {type: reward_model, model: ...}, a judge, module:attr")
+    preference: str | dict[str, Any] | list[Any] = Field(
+        "verifier", description="preference source: verifier, {type: reward_model, model: ...}, a judge, "
+                                "module:attr, or a list of rewards (summed, each with an optional weight)")
     mixture_beta: float = Field(0.0, ge=0, le=1, description="β of the sampling mixture π_θ^(1−β)·π_ref^β")
 
 
