@@ -105,6 +105,8 @@ def segment_plan(model: nn.Module, batch: PackedBatch, attention: str = "auto") 
     use = attention == "segments" or (attention == "auto" and segments.not_used_because(model) is None)
     if not use or not batch.spans or attention_implementation(model) != "sdpa":
         return None
+    if getattr(_unwrap(getattr(model, "module", model)), "is_gradient_checkpointing", False):
+        return None  # the backward recomputes layers outside segments.segment_attention(): keep the dense mask
     return segments.SegmentPlan.from_spans(batch.spans, batch.input_ids.shape[1])
 
 

@@ -99,3 +99,15 @@ def test_eager_models_keep_the_dense_mask_with_the_reason():
     assert layout_support(model, 0) is None  # the dense mask is exact for eager
     assert "not sdpa" in segments.not_used_because(model)
     assert segment_plan(model, build_groups(groups(), 0)) is None
+
+
+def test_activation_checkpointing_keeps_the_dense_mask_and_back_propagates():
+    """Recomputation in the backward runs outside the per-segment context, so checkpointed models must not
+    use it (torch's checkpoint would see a different forward and raise)."""
+    model = gqa_llama()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batch = build_groups(groups(), 0, pack=True, row_tokens=40)
+    assert segment_plan(model, batch, "segments") is None
+    sequence_logps(model, batch).logps.sum().backward()
+    assert model.model.embed_tokens.weight.grad is not None
