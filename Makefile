@@ -27,11 +27,14 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Headless Chromium for the HTML report test (Debian package; CI runs as root).
+# Headless Chromium and its WebDriver for the HTML report and labelling-page tests (Debian packages, the
+# same build, so the driver always matches the browser; CI runs as root).
 browser:
-	@if [ "$$ALIGNKIT_SKIP_BROWSER" = 1 ] || command -v chromium >/dev/null 2>&1; then :; else \
+	@if [ "$$ALIGNKIT_SKIP_BROWSER" = 1 ] || { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; \
+	then :; else \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium; fi
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium \
+	    chromium-driver; fi
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .

@@ -205,6 +205,11 @@ def data_inspect(
                   f"{result.n_skipped} skipped")
     for rejected in result.rejected[:5]:
         console.print(f"  invalid row {rejected['row']}, field {rejected['field']}: {rejected['error']}")
+    if kind == "pair":  # labels from `alignkit label` carry an annotator: report how much annotators agree
+        from alignkit.label.agreement import agreement_lines
+
+        for line in agreement_lines(result.records):
+            console.print(line, highlight=False)
     encoder = PromptEncoder(load_tokenizer(model, log=lambda m: None))
     fields = {"pair": ("chosen", "rejected"), "binary": ("completion",), "judgment": ("response",)}.get(kind, ())
     lengths: dict[str, list[int]] = {"prompt": [], **{f: [] for f in fields}}
@@ -279,6 +284,44 @@ app.command("report")(guarded(report_command))
 from alignkit.decoding.command import generate_command  # noqa: E402 - kept next to its registration
 
 app.command("generate")(guarded(generate_command))
+
+from alignkit.decoding.analyze_command import analyze_app, steer_command, token_shift_command  # noqa: E402
+
+analyze_app.command("token-shift")(guarded(token_shift_command))
+analyze_app.command("steer")(guarded(steer_command))
+app.add_typer(analyze_app, name="analyze")
+
+from alignkit.probes.command import probe_command  # noqa: E402 - kept next to its registration
+
+app.command("probe")(guarded(probe_command))
+
+from alignkit.label.command import (  # noqa: E402 - kept next to its registration
+    label_command,
+    moral_aggregate_command,
+    moral_serve_command,
+)
+
+app.command("label")(guarded(label_command))
+moral_graph_app = typer.Typer(help="Moral Graph elicitation: serve the page, aggregate the votes.",
+                              no_args_is_help=True)
+moral_graph_app.command("serve")(guarded(moral_serve_command))
+moral_graph_app.command("aggregate")(guarded(moral_aggregate_command))
+app.add_typer(moral_graph_app, name="moral-graph")
+
+from alignkit.train.sweep_command import SWEEP_CONTEXT, sweep_command  # noqa: E402 - kept next to its registration
+
+app.command("sweep", context_settings=SWEEP_CONTEXT)(guarded(sweep_command))
+
+from alignkit.scenarios.command import register as register_scenarios  # noqa: E402 - kept next to its registration
+
+app.add_typer(register_scenarios(guarded), name="scenario")
+
+from alignkit.rewards.command import REWARD_COMMANDS  # noqa: E402 - kept next to its registration
+
+reward_app = typer.Typer(help="Pluralistic (PAL) and game-theoretic (GTAlign) rewards.", no_args_is_help=True)
+for _name, _command in REWARD_COMMANDS.items():
+    reward_app.command(_name)(guarded(_command))
+app.add_typer(reward_app, name="reward")
 
 
 def main() -> None:  # pragma: no cover

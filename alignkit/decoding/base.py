@@ -49,6 +49,11 @@ class DecodeSettings:
     rps_baseline: bool = False  # k samples at θ* instead (best-of-k at the target direction)
     rps_objectives: tuple[str, ...] = ()  # the two objectives' names in the instruction (default: the rewards')
     rps_in_prompt: bool = False  # state the direction in the user prompt instead of the system message
+    # steer (PAS-style activation steering, Zhu et al., arXiv:2408.11779)
+    steer_traits: Path | None = None  # questionnaire JSONL (default: the builtin sample)
+    steer_trait: str | None = None
+    steer_alpha: float = 4.0  # strength in units of σ (the spread of training activations along the direction)
+    steer_layers: tuple[int, ...] = ()  # decoder layers (default: the middle one)
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "reward_batch_size": self.reward_batch_size, "n": self.n,
@@ -146,7 +151,7 @@ def register(name: str, *, needs_reward: bool = False, settings: Sequence[str] =
 
 
 BUILTIN_MODULES = ("alignkit.decoding.strategies", "alignkit.decoding.urial", "alignkit.decoding.deal",
-                   "alignkit.decoding.rps")
+                   "alignkit.decoding.rps", "alignkit.decoding.steer")
 
 
 def get_strategy(name: str) -> Strategy:

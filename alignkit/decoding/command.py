@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alignkit.decoding.analyze_command import parse_numbers
+
 console = Console()
 
 
@@ -21,7 +23,8 @@ def generate_command(
     prompts: Annotated[str, typer.Option("--prompts", help=".txt (one prompt a line), a file with a 'prompt' "
                                                            "column (JSONL/JSON/CSV/Parquet) or preference data")],
     out: Annotated[Path, typer.Option("--out", help="output JSON Lines file (one line per prompt)")],
-    strategy: Annotated[str, typer.Option("--strategy", help="greedy, sample, best_of_n, urial, deal, rps")] = "greedy",
+    strategy: Annotated[str, typer.Option("--strategy", help="greedy, sample, best_of_n, urial, deal, rps, "
+                                                             "steer")] = "greedy",
     reward: Annotated[list[str] | None, typer.Option("--reward", help="verifier:synthetic, reward_model:DIR (or a "
                                                      "directory), judge:MODEL, package.module:attr; 'W*SPEC' "
                                                      "weights it; repeat to sum several")] = None,
@@ -54,6 +57,14 @@ def generate_command(
                                                        "in the instruction, e.g. 'helpfulness,verbosity'")] = None,
     rps_in_prompt: Annotated[bool, typer.Option("--rps-in-prompt", help="rps: state the direction in the prompt, "
                                                                         "not the system message")] = False,
+    steer_traits: Annotated[Path | None, typer.Option("--steer-traits", help="steer: questionnaire JSONL (default: "
+                                                      "the builtin sample)")] = None,
+    steer_trait: Annotated[str | None, typer.Option("--steer-trait", help="steer: the trait, e.g. "
+                                                    "extraversion")] = None,
+    steer_alpha: Annotated[float, typer.Option("--steer-alpha", help="steer: strength in units of σ (negative: "
+                                                                     "away from the trait)")] = 4.0,
+    steer_layers: Annotated[str | None, typer.Option("--steer-layers", help="steer: decoder layers, e.g. '15' or "
+                                                     "'12,15' (default: the middle one)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="weights dtype")] = "float32",
     column_map: Annotated[str | None, typer.Option(help='JSON, e.g. {"prompt": "question"}')] = None,
@@ -75,7 +86,8 @@ def generate_command(
                               urial_examples=examples, urial_k=urial_k, rps_k=rps_k, rps_angle=rps_angle,
                               rps_radius=rps_radius, rps_baseline=rps_baseline, rps_in_prompt=rps_in_prompt,
                               rps_objectives=tuple(n.strip() for n in rps_objectives.split(",")) if rps_objectives
-                              else ())
+                              else (), steer_traits=steer_traits, steer_trait=steer_trait, steer_alpha=steer_alpha,
+                              steer_layers=tuple(parse_numbers(steer_layers or "", int, "--steer-layers")))
     summary = run_generate(model, prompts, out, strategy, reward, settings, limit=limit, device=device, dtype=dtype,
                            progress=progress, column_map=mapping, log=lambda m: console.print(m, highlight=False))
     table = Table("metric", "value", title=f"generate: {strategy}")

@@ -8,6 +8,10 @@ A spec is one of (optionally prefixed ``WEIGHT*``, several combined as a weighte
   compares, so with a judge a candidate's score is its mean preference over the other candidates of its
   prompt (a round robin, N·(N−1) judge calls per prompt), and strategies that need a scalar reward of one
   text (DeAL) refuse it;
+* ``pal:DIR`` or ``pal:DIR@USER``: a trained PAL model (:mod:`alignkit.rewards.pal`), USER's reward or, with
+  no user, the population's;
+* ``gtalign`` or ``gtalign:SPEC``: the GTAlign mutual-welfare reward (:mod:`alignkit.rewards.gtalign`), SPEC
+  (default the synthetic verifiers) scoring the answer quality of the ``<response>`` block;
 * ``package.module:attr``: any reward source object, class or factory;
 * ``lsc:SPEC`` or ``lsc@Q:SPEC``: SPEC's reward LSC-transformed, u = log σ(r − r_ref(x)), r_ref(x) the
   quantile Q (default 0.5) of the rewards of 16 samples of the reference policy for the prompt (the model being
@@ -56,12 +60,19 @@ def source_spec(spec: str) -> Any:
         if not rest:
             raise ValueError(f"reward spec {spec!r}: give the judge model, e.g. judge:smollm2-135m-instruct")
         return {"type": "judge", "model": rest}
+    if kind == "pal":  # pal:DIR or pal:DIR@USER (no user: the population's mean mixture)
+        model, at, user = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if not model:
+            raise ValueError(f"reward spec {spec!r}: give the PAL model, e.g. pal:runs/pal or pal:runs/pal@user007")
+        return {"type": "pal", "model": model, **({"user": user} if at else {})}
+    if kind == "gtalign":  # gtalign or gtalign:SPEC, SPEC the answer-quality reward of the <response> text
+        return {"type": "gtalign", **({"quality": source_spec(rest)} if rest else {})}
     if Path(spec).expanduser().is_dir():
         return {"type": "reward_model", "model": spec}
     if ":" in spec and "." in kind:
         return spec
     raise ValueError(f"unknown reward spec {spec!r}; give verifier:synthetic, reward_model:DIR, a reward model "
-                     "directory, judge:MODEL, package.module:attr, or lsc:SPEC")
+                     "directory, judge:MODEL, pal:DIR[@USER], gtalign[:SPEC], package.module:attr, or lsc:SPEC")
 
 
 def split_weight(spec: str) -> tuple[float, str]:

@@ -53,17 +53,28 @@ class Suite:
     sample: str | None  # file name under alignkit/probes/samples/, used when --items is not given
     summary: str  # one line for `alignkit probe --list`
     required: tuple[str, ...] = ()  # item fields every row must have (checked with file:line errors)
+    options: type | None = None  # a pydantic model of the suite's --option keys: checked before the model loads
+
+
+# run_probe stores where each item came from ("items.jsonl:12") under this key, so suites can name the line
+WHERE = "_where"
+
+
+def item_error(item: dict[str, Any], message: str) -> ValueError:
+    """A one-line error about one item, naming its file and line (``raise item_error(item, "...")``)."""
+    where = item.get(WHERE) or f"item {item.get('id', '?')}"
+    return ValueError(f"{where}: {message}")
 
 
 SUITES: dict[str, Suite] = {}
 
 
 def register_suite(name: str, *, summary: str, sample: str | None = None,
-                   required: tuple[str, ...] = ()) -> Callable[[SuiteFn], SuiteFn]:
+                   required: tuple[str, ...] = (), options: type | None = None) -> Callable[[SuiteFn], SuiteFn]:
     def wrap(fn: SuiteFn) -> SuiteFn:
         if name in SUITES:
             raise ValueError(f"probe suite {name!r} is registered twice")
-        SUITES[name] = Suite(name, fn, sample, summary, required)
+        SUITES[name] = Suite(name, fn, sample, summary, required, options)
         return fn
     return wrap
 

@@ -12,7 +12,9 @@ arXiv:2403.08635), so the judge is asked in both orders and the answers symmetri
 
 :func:`build_source` turns a config value into a source: ``"verifier"``, ``{type: reward_model, model:
 <dir or hub id>}``, ``{type: judge, model: <builtin name, dir or hub id>}``, or ``"package.module:attr"``
-(a source object, class or factory; keyword arguments from the mapping are passed to a class or factory).
+(a source object, class or factory; keyword arguments from the mapping are passed to a class or factory),
+``{type: pal, model: DIR, user: ID}`` (:mod:`alignkit.rewards.pal`) or ``{type: gtalign, quality: SPEC}``
+(:mod:`alignkit.rewards.gtalign`).
 A scalar reward becomes LSC-transformed (:mod:`alignkit.rewards.lsc`) with ``transform: lsc`` in its mapping
 (options under ``lsc: {quantile, samples, reference, cache, ...}``) or the string prefix ``lsc:`` /
 ``lsc@0.85:``; a list of specs is their sum (:class:`~alignkit.rewards.lsc.SumReward`; an item's ``weight``
@@ -132,7 +134,8 @@ def build_source(spec: Any, device: str | torch.device | None = None, log=print)
     options = dict(spec) if isinstance(spec, dict) else {"type": spec}
     kind = options.pop("type", None)
     if kind is None:
-        raise ValueError(f"source {spec!r}: give its 'type' (verifier, reward_model, judge or module:attr)")
+        raise ValueError(f"source {spec!r}: give its 'type' (verifier, reward_model, judge, pal, gtalign or "
+                         "module:attr)")
     if kind == "verifier":
         return VerifierReward(**options)
     if kind == "reward_model":
@@ -149,6 +152,16 @@ def build_source(spec: Any, device: str | torch.device | None = None, log=print)
         model, tokenizer = load_model(str(name), device=str(device) if device is not None else "auto", log=log)
         model.eval().requires_grad_(False)
         return JudgePreference(LMJudge(model, tokenizer, **options))
+    if kind == "pal":  # a trained PAL model (alignkit.rewards.pal), one user's reward or the population's
+        from alignkit.rewards.pal import PALReward
+
+        if "model" not in options:
+            raise ValueError("pal source: give 'model' (a directory written by 'alignkit reward pal-train')")
+        return PALReward(str(options.pop("model")), device=device, log=log, **options)
+    if kind == "gtalign":  # the mutual-welfare reward (alignkit.rewards.gtalign); 'quality' is a source spec
+        from alignkit.rewards.gtalign import build_gtalign
+
+        return build_gtalign(options, device, log)
     target = _import(kind)
     # A class has a `preferences` attribute too, so test for it before the instance check.
     source = target(**options) if isinstance(target, type) or not isinstance(target, PreferenceSource) else target

@@ -163,8 +163,9 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                       is None)
         # every process computes its share of the batches; the shares are gathered and the main process
         # writes the on-disk cache (a later run on the same data reads it, whatever its process count)
+        show = config.progress and main
         common.update(rank=rank, world=world,
-                      progress=lambda total: counted("reference log-probs (sequences)", total, config.progress and main))
+                      progress=lambda total: counted("reference log-probs (sequences)", total, show))
         precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(train_items), **common)
         eval_precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common)
     frozen = FrozenCopyReference(model, config.logprob_chunk_size, autocast_dtype) \

@@ -1,0 +1,125 @@
+"""Weak-to-strong generalisation: losses on weak labels and the performance gap recovered (PGR).
+
+Papers: Burns et al., "Weak-to-Strong Generalization: Eliciting Strong Capabilities With Weak Supervision"
+(OpenAI, ICML 2024, arXiv 2312.09390; code ``openai/weak-to-strong``), and the pilot study of weak-to-strong
+*alignment* beyond accuracy by Ye, Xiao and Hui (ICLR 2025 Bi-Align workshop, arXiv 2410.12621; code
+``yeruimeng/WTS``), which trains the strong model with plain cross-entropy on the weak model's hard labels.
+
+The strong student is a two-class classifier; ``logits`` are [B, 2] with column 1 the positive class (Burns'
+convention). Weak labels are the weak supervisor's probability of the positive class, [B] in [0, 1]: soft in
+Burns, 0/1 (argmax) in the pilot.
+
+* :func:`xent_loss`: soft-target cross-entropy against the weak labels (Burns ``xent``; the pilot with hard
+  labels).
+* :func:`logconf_loss`: Burns' auxiliary confidence loss, exactly ``weak_to_strong/loss.py::logconf_loss_fn``::
+
+      p = softmax(logits);  t = quantile(p[:, 0], mean(weak[:, 1]))
+      hard = onehot(class 0 if p[:, 0] >= t else class 1).detach()
+      α = aux_coef · (step_frac if step_frac <= warmup_frac else 1)
+      L = CE(logits, (1 − α)·weak + α·hard)
+
+  The quirk is kept: during warm-up α ramps from 0 to ``aux_coef · warmup_frac`` (0.05 with the defaults)
+  and then jumps to ``aux_coef`` (0.5).
+* :func:`performance_gap_recovered` and :func:`pgr_bootstrap`: ``PGR = (perf_w2s − perf_weak) /
+  (perf_ceiling − perf_weak)`` (Burns' definition), with a percentile bootstrap over test examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from alignkit.objectives.base import ObjectiveOutput, mean
+
+# Below this gap between ceiling and weak performance PGR is undefined (reported as NaN).
+MIN_GAP = 1e-9
+
+
+def class_logits(positive_logps: Tensor, negative_logps: Tensor) -> Tensor:
+    """[B, 2] two-class logits from the log-probs of the negative and positive label responses: the softmax
+    over them is the classifier restricted to its two answers."""
+    return torch.stack([negative_logps.float(), positive_logps.float()], dim=-1)
+
+
+def two_class_targets(positive_prob: Tensor) -> Tensor:
+    """[B, 2] target distribution (1 − p, p) from the probability p of the positive class."""
+    p = positive_prob.float()
+    return torch.stack([1 - p, p], dim=-1)
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-example cross-entropy −Σ_c target_c · log softmax(logits)_c, [B]."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+
+
+def _metrics(logits: Tensor) -> dict[str, Tensor]:
+    return {"w2s/strong_positive_rate": mean((logits.detach().argmax(-1) == 1).float())}
+
+
+def xent_loss(logits: Tensor, weak_positive_prob: Tensor) -> ObjectiveOutput:
+    """Cross-entropy of the strong student's [B, 2] logits against the weak labels (soft or hard), [B]."""
+    loss = soft_cross_entropy(logits, two_class_targets(weak_positive_prob))
+    return ObjectiveOutput(loss, _metrics(logits))
+
+
+def logconf_coefficient(step_frac: float, aux_coef: float = 0.5, warmup_frac: float = 0.1) -> float:
+    """α of Burns' auxiliary confidence loss at training progress ``step_frac`` in [0, 1]."""
+    return aux_coef * (step_frac if step_frac <= warmup_frac else 1.0)
+
+
+def logconf_loss(logits: Tensor, weak_positive_prob: Tensor, step_frac: float, aux_coef: float = 0.5,
+                 warmup_frac: float = 0.1) -> ObjectiveOutput:
+    """Burns et al.'s auxiliary confidence loss (module docstring), per example [B].
+
+    The hardened targets threshold the student's own class-0 probability at the batch quantile that makes
+    their class balance match the weak labels' (``mean(weak[:, 1])`` of the batch), so the student is pulled
+    towards confident predictions of its own rather than towards the weak supervisor's mistakes.
+    """
+    logits = logits.float()
+    weak = two_class_targets(weak_positive_prob)
+    alpha = logconf_coefficient(step_frac, aux_coef, warmup_frac)
+    p0 = torch.softmax(logits, dim=-1)[:, 0]
+    threshold = torch.quantile(p0, weak[:, 1].mean())
+    hard = torch.stack([p0 >= threshold, p0 < threshold], dim=-1).float().detach()
+    target = (1 - alpha) * weak + alpha * hard
+    metrics = _metrics(logits)
+    metrics["w2s/aux_coef"] = torch.tensor(alpha)
+    return ObjectiveOutput(soft_cross_entropy(logits, target), metrics)
+
+
+def performance_gap_recovered(weak: float, weak_to_strong: float, ceiling: float) -> float:
+    """Burns' PGR = (weak_to_strong − weak) / (ceiling − weak); NaN when the ceiling does not beat the weak
+    model's performance by more than :data:`MIN_GAP` (the ratio is then meaningless). For lower-is-better
+    metrics the formula holds unchanged: numerator and denominator flip sign together."""
+    gap = ceiling - weak
+    return (weak_to_strong - weak) / gap if abs(gap) > MIN_GAP else math.nan
+
+
+def pgr_bootstrap(weak_correct: Tensor, w2s_correct: Tensor, ceiling_correct: Tensor, n_boot: int = 1000,
+                  seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
+    """PGR of accuracy on one test set and its percentile bootstrap interval.
+
+    The three [N] 0/1 tensors mark which test examples the weak model, the strong student trained on weak
+    labels and the strong ceiling got right; each bootstrap replicate resamples the *same* examples for all
+    three (paired). Replicates whose gap is below :data:`MIN_GAP` are dropped; ``n_valid`` says how many
+    remain. Returns the accuracies, ``pgr``, ``ci_low``, ``ci_high``, ``n`` and ``n_valid``.
+    """
+    correct = torch.stack([weak_correct.double(), w2s_correct.double(), ceiling_correct.double()])
+    n = correct.shape[1]
+    if n == 0:
+        raise ValueError("PGR needs at least one test example")
+    weak, w2s, ceiling = correct.mean(1).tolist()
+    generator = torch.Generator().manual_seed(seed)
+    resampled = correct[:, torch.randint(n, (n_boot, n), generator=generator)].mean(-1)  # [3, n_boot]
+    gap = resampled[2] - resampled[0]
+    valid = gap.abs() > MIN_GAP
+    replicates = ((resampled[1] - resampled[0])[valid] / gap[valid])
+    tail = (1 - confidence) / 2
+    low, high = (torch.quantile(replicates, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+                 if replicates.numel() else (math.nan, math.nan))
+    return {"weak_accuracy": weak, "w2s_accuracy": w2s, "ceiling_accuracy": ceiling,
+            "pgr": performance_gap_recovered(weak, w2s, ceiling), "ci_low": low, "ci_high": high,
+            "n": float(n), "n_valid": float(replicates.numel())}
