@@ -97,7 +97,7 @@ def prepare_data(args: argparse.Namespace, work: Path) -> dict:
 
 
 def worker_alignkit(args: argparse.Namespace, work: Path, settings: dict, out_dir: Path) -> dict:
-    import torch
+    from safetensors.torch import save_file
 
     from alignkit.train.loop import train
     from alignkit.train.methods.reward_model import BradleyTerryMethod
@@ -112,8 +112,9 @@ def worker_alignkit(args: argparse.Namespace, work: Path, settings: dict, out_di
 
     def saving_wrap(self, model):  # the head alignkit draws is the one TRL starts from
         classifier = wrap(self, model)
-        if not (work / "score_init.pt").exists():  # the first alignkit config's (all draw it from seed 0)
-            torch.save(classifier.score.weight.detach().clone(), work / "score_init.pt")
+        if not (work / "score_init.safetensors").exists():  # the first alignkit config's (all draw it from seed 0)
+            save_file({"weight": classifier.score.weight.detach().clone().contiguous()},
+                      str(work / "score_init.safetensors"))
         params.append(sum(p.numel() for p in classifier.parameters()))
         return classifier
 
@@ -134,6 +135,7 @@ def worker_alignkit(args: argparse.Namespace, work: Path, settings: dict, out_di
 def worker_trl(args: argparse.Namespace, work: Path, settings: dict, out_dir: Path) -> dict:
     import torch
     from datasets import Dataset
+    from safetensors.torch import load_file
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
@@ -146,7 +148,7 @@ def worker_trl(args: argparse.Namespace, work: Path, settings: dict, out_dir: Pa
     location, _ = resolve_model_path("smollm2-135m-instruct", log=lambda m: None)
     model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=1, dtype=torch.float32)
     with torch.no_grad():
-        model.score.weight.copy_(torch.load(work / "score_init.pt"))
+        model.score.weight.copy_(load_file(str(work / "score_init.safetensors"))["weight"])
     tokenizer = load_tokenizer()
     seen: list[tuple[float, float]] = []
     marks: list[tuple[float, float]] = []
