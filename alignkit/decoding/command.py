@@ -26,7 +26,8 @@ def generate_command(
     strategy: Annotated[str, typer.Option("--strategy", help="greedy, sample, best_of_n, urial, deal, rps, "
                                                              "steer")] = "greedy",
     reward: Annotated[list[str] | None, typer.Option("--reward", help="verifier:synthetic, reward_model:DIR (or a "
-                                                     "directory), judge:MODEL, package.module:attr; 'W*SPEC' "
+                                                     "directory), judge:MODEL, pal:DIR[@USER], gtalign, lsc:SPEC, "
+                                                     "package.module:attr; 'W*SPEC' "
                                                      "weights it; repeat to sum several")] = None,
     n: Annotated[int, typer.Option("--n", help="best_of_n: samples per prompt", min=1)] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="tokens per response", min=1)] = 128,
