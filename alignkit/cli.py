@@ -162,6 +162,35 @@ def data_synth(
     console.print(f"wrote {len(train)} train and {len(test)} test pairs to {out_dir}")
 
 
+@data_app.command("split")
+@guarded
+def data_split(
+    file: str,
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for train.jsonl and heldout.jsonl")],
+    eval_fraction: Annotated[float, typer.Option(help="share held out")] = 0.2,
+    seed: Annotated[int, typer.Option(help="shuffle seed (alignkit train's `seed`, default 0)")] = 0,
+    skip_invalid: Annotated[bool, typer.Option(help="skip invalid rows instead of stopping")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace existing train.jsonl / heldout.jsonl")] = False,
+) -> None:
+    """Hold out a share of preference pairs, exactly as `alignkit train` does with `data.eval_fraction` and the
+    same seed, and write both splits as JSONL (so `alignkit eval` can score the pairs a run never saw)."""
+    from alignkit.data import load_records
+    from alignkit.data.splits import split_and_cap
+    from alignkit.io import write_jsonl
+
+    if not 0 < eval_fraction < 1:
+        _fail(f"--eval-fraction must be between 0 and 1, got {eval_fraction}")
+    targets = [out_dir / "train.jsonl", out_dir / "heldout.jsonl"]
+    if not overwrite and any(t.exists() for t in targets):
+        _fail(f"{out_dir} already holds train.jsonl or heldout.jsonl; pass --overwrite to replace them")
+    records = load_records(file, on_invalid="skip" if skip_invalid else "error", log=console.print).records
+    train, heldout = split_and_cap(records, None, eval_fraction, seed, None, None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for target, part in zip(targets, (train, heldout), strict=True):
+        write_jsonl(target, [r.model_dump(mode="json", exclude_none=True) for r in part])
+    console.print(f"wrote {len(train)} train and {len(heldout)} held-out pairs to {out_dir}")
+
+
 def _histogram(values: list[int], bins: int = 8, width: int = 30) -> str:
     if not values:
         return "(none)"

@@ -42,7 +42,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's torch (and CUDA) generator states, JSON-ready."""
     state = {
         "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
     }
@@ -59,7 +60,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, state: TrainerState,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, rng_per_process: list[dict[str, Any]] | None = None) -> Path:
+    """Write a checkpoint of the run at ``state.step``. ``rng_per_process`` holds every process's RNG state
+    (rank order, gathered by the caller) so each resumes its own stream (dropout differs per process); by
+    default only this process's state is kept."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{state.step:06d}"
@@ -68,7 +72,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, state
         save_file(trainable_state(model), str(tmp / "weights.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
-        payload = {"trainer": asdict(state), "rng": _rng_state()}
+        payload = {"trainer": asdict(state), "rng": rng_state(), "rng_per_process": rng_per_process}
         (tmp / "trainer_state.json").write_text(json.dumps(payload))
 
     atomic_directory(target, fill)  # written whole, fsynced, renamed: a visible step-* is always complete
@@ -82,8 +86,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> TrainerState:
-    """Restore everything saved by :func:`save_checkpoint`; errors name the broken file."""
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, process_index: int = 0) -> TrainerState:
+    """Restore everything saved by :func:`save_checkpoint`, with the RNG state of process ``process_index``;
+    errors name the broken file."""
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
@@ -106,5 +111,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> Train
         payload = json.loads((path / "trainer_state.json").read_text())
     except Exception as err:  # noqa: BLE001 - any failure here means the files are unusable
         raise CheckpointError(f"checkpoint {path} could not be restored: {err}") from err
-    _set_rng_state(payload["rng"])
+    per_process = payload.get("rng_per_process") or [payload["rng"]]
+    if process_index >= len(per_process):
+        raise CheckpointError(f"checkpoint {path} holds the RNG states of {len(per_process)} process(es), "
+                              f"not of process {process_index}: resume with the process count it was saved with")
+    _set_rng_state(per_process[process_index])
     return TrainerState(**payload["trainer"])

@@ -60,18 +60,48 @@ def main_first(accelerator: Accelerator, fn: Callable[[], T]) -> T | None:
     return result
 
 
+def main_only(accelerator: Accelerator, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on the main process only and hand its result to every process (an exception on the main
+    process is re-raised everywhere, as in :func:`main_first`)."""
+    if accelerator.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    shared: list[Any] = [main_first(accelerator, fn)]
+    broadcast_object_list(shared)
+    return shared[0]
+
+
+def eval_context(ctx):
+    """The batch context evaluation runs with: the DDP wrapper taken off the model, so a forward on one
+    process starts no collective (DDP broadcasts buffers at every forward) and processes may run different
+    numbers of eval forwards. FSDP and DeepSpeed keep their wrapper: their forward needs every process."""
+    from dataclasses import replace
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(ctx.model, DistributedDataParallel):
+        return replace(ctx, model=ctx.model.module)
+    return ctx
+
+
 def sharded_evaluate(accelerator: Accelerator, method, ctx, items: list, batch_size: int, precomputed,
                      state: dict) -> dict[str, float]:
-    """The method's eval metrics, with the batches split across processes when the method uses the shared
-    batch-by-batch evaluation (``Method.evaluate``); a method with its own ``evaluate`` (whole-set statistics)
-    runs it on every process. Every process returns the same numbers."""
+    """The method's eval metrics, the same on every process. Under DDP, the shared batch-by-batch evaluation
+    (``Method.evaluate``) splits the batches across processes and adds up the sums, and a method with its own
+    ``evaluate`` (whole-set statistics: DOVE, the online methods, ADPA, ...) runs it on the main process only
+    and shares the result, so no process repeats another's work. A sharded model (FSDP, DeepSpeed) needs every
+    process in every forward, so there each process evaluates the whole set."""
     from alignkit.train.methods.base import Method
 
-    if accelerator.num_processes == 1 or type(method).evaluate is not Method.evaluate:
+    plain = eval_context(ctx)
+    if accelerator.num_processes == 1 or plain is ctx:
         return method.evaluate(ctx, items, batch_size, precomputed, state)
+    if type(method).evaluate is not Method.evaluate:
+        return main_only(accelerator, lambda: method.evaluate(plain, items, batch_size, precomputed, state))
     from accelerate.utils import gather_object
 
-    sums, count = method.evaluate_sums(ctx, items, batch_size, precomputed, state, accelerator.process_index,
+    sums, count = method.evaluate_sums(plain, items, batch_size, precomputed, state, accelerator.process_index,
                                        accelerator.num_processes)
     totals: dict[str, float] = {}
     examples = 0

@@ -12,14 +12,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from transformers import get_scheduler
 
+from alignkit.configs import ConfigError
 from alignkit.engine.exactness import layout_support
 from alignkit.io import append_jsonl, atomic_directory, atomic_write_text
 from alignkit.models import load_model
@@ -30,6 +32,7 @@ from alignkit.train.checkpoint import (
     TrainerState,
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
 )
 from alignkit.train.config import TrainConfig, dump_config
@@ -118,6 +121,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
     if launched != accelerator.num_processes:  # N independent copies would all write the same directory
         raise RuntimeError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}; "
                            "check the launcher and `accelerate env`")
+    refuse_sharded_parameters(accelerator)
     if not accelerator.is_main_process:
         log = _silent  # one process speaks for the run
     # Everything above only reads; from here on the directory is ours (an earlier run is refused or set aside).
@@ -133,6 +137,23 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
 
 def _silent(message: str) -> None:
     pass
+
+
+def refuse_sharded_parameters(accelerator: Accelerator) -> None:
+    """Checkpoints, ``final/`` and resume read and write the parameters of the unwrapped model; under FSDP
+    (any sharding strategy but NO_SHARD) and DeepSpeed ZeRO-3 those are shards, so the files would be wrong.
+    Stop before anything is written rather than save a broken model."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    sharded = kind == DistributedType.FSDP and str(getattr(accelerator.state.fsdp_plugin, "sharding_strategy", "")
+                                                   ).upper().find("NO_SHARD") < 0
+    if kind == DistributedType.DEEPSPEED:
+        sharded = accelerator.state.deepspeed_plugin.zero_stage == 3
+    if sharded:
+        raise ConfigError("FSDP parameter sharding and DeepSpeed ZeRO-3 are not supported yet: alignkit's "
+                          "checkpoints and final/ do not gather sharded parameters. Use DDP or ZeRO-2 "
+                          "(docs/scaling.md)")
 
 
 def _run(config: TrainConfig, accelerator: Accelerator, method: Method, reference_mode: str, out_dir: Path,
@@ -190,7 +211,7 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     state = TrainerState(num_processes=world)
     if config.resume:
         checkpoint = latest_checkpoint(out_dir)
-        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, rank)
         if state.num_processes != world:
             raise CheckpointError(
                 f"{checkpoint} was saved by a run with {state.num_processes} process(es) and this one has {world}: "
@@ -268,9 +289,11 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                 run_log.write(state.step, "eval", eval_metrics)
                 progress.note(f"eval step {state.step}: " + _short(eval_metrics))
             if config.save_every and state.step % config.save_every == 0:
-                # the main process writes; every process waits until the checkpoint is complete
-                main_first(accelerator, lambda: save_checkpoint(out_dir, accelerator.unwrap_model(model), optimizer,
-                                                                scheduler, state, keep=config.keep_checkpoints))
+                # the main process writes (with every process's RNG state); the others wait until it is complete
+                rng_states = gather_object([rng_state()]) if world > 1 else None
+                main_first(accelerator, partial(save_checkpoint, out_dir, accelerator.unwrap_model(model), optimizer,
+                                                scheduler, state, keep=config.keep_checkpoints,
+                                                rng_per_process=rng_states))
                 last_good = latest_checkpoint(out_dir)
                 if replaced is not None:  # the new run now has a checkpoint: the replaced one may go
                     replaced.discard()

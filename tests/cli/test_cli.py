@@ -56,3 +56,25 @@ def test_models_list_shows_builtin():
 def test_bad_config_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["train", "optim.learning_rat=3"])
     assert result.exit_code == 2 and "learning_rat" in flat(result.output)
+
+
+def test_data_split_holds_out_what_train_holds_out_and_never_overwrites(tmp_path):
+    from alignkit.data import load_records
+    from alignkit.train.config import load_config
+    from alignkit.train.data import read_splits
+
+    runner.invoke(app, ["data", "synth", "--out", str(tmp_path), "--n-train", "40", "--n-test", "8"])
+    source = str(tmp_path / "train.jsonl")
+    result = runner.invoke(app, ["data", "split", source, "--out", str(tmp_path / "split"), "--eval-fraction", "0.25",
+                                 "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "30 train and 10 held-out" in flat(result.output)
+    config = load_config(None, [f"data.train={source}", "data.eval_fraction=0.25", "seed=3",
+                                "data.max_eval_examples=null"])
+    train, heldout = read_splits(config, lambda pairs: pairs, lambda path: load_records(path, log=None).records)
+    written = load_records(str(tmp_path / "split" / "heldout.jsonl"), log=None).records
+    assert [r.prompt for r in written] == [r.prompt for r in heldout]  # the pairs a run with that seed never saw
+    assert [r.chosen for r in written] == [r.chosen for r in heldout]
+    assert len(load_records(str(tmp_path / "split" / "train.jsonl"), log=None).records) == len(train) == 30
+    again = runner.invoke(app, ["data", "split", source, "--out", str(tmp_path / "split")])
+    assert again.exit_code != 0 and "--overwrite" in flat(again.output)

@@ -3,6 +3,7 @@ metrics and final parameters), one writer (one line per step, one final/), and r
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,12 +18,18 @@ REPO = Path(__file__).resolve().parents[2]
 COMMON = ["max_steps=4", "eval_every=2", "save_every=2", "optim.learning_rate=1e-5", "data.synthetic.n_train=32"]
 
 
-def launch(out: Path, processes: int, *overrides: str, cache: Path | None = None) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def launch(out: Path, processes: int, *overrides: str, cache: Path | None = None, dropout: float = 0.0,
+           launcher: str = "torchrun", record_evaluate: bool = False) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TINY_ATTENTION_DROPOUT": str(dropout),
+           "TINY_RECORD_EVALUATE": "1" if record_evaluate else ""}
     if cache is not None:
         env["ALIGNKIT_CACHE"] = str(cache)
     if processes == 1:
         command = [sys.executable, "-m", "tests.train.run_tiny"]
+    elif launcher == "accelerate":  # the shipped config: 2 processes, started through torchrun even on CPU
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(REPO / "examples" / "accelerate" / "ddp_cpu.yaml"), "--main_process_port",
+                   str(29500 + os.getpid() % 1000), "-m", "tests.train.run_tiny"]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                    "--master_port", str(29500 + os.getpid() % 1000), "-m", "tests.train.run_tiny"]
@@ -43,7 +50,7 @@ def assert_same_run(one: Path, two: Path) -> None:
             if key == "rewards/accuracies" and (x["step"], x["split"]) in ((0, "eval"), (1, "train")):
                 continue  # policy = reference until the first update: every margin is 0 up to rounding
             if key in x:
-                assert x[key] == pytest.approx(y[key], abs=1e-5), (x["step"], x["split"], key)
+                assert x[key] == pytest.approx(y[key], abs=1e-5, rel=1e-6), (x["step"], x["split"], key)
     wa, wb = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
     for name in wa:
         assert (wa[name] - wb[name]).abs().max() <= 1e-5, name
@@ -57,6 +64,13 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     steps = [m["step"] for m in metrics(tmp_path / "two") if m["split"] == "train"]
     assert steps == [1, 2, 3, 4]  # one writer: one line per step
     assert not list((tmp_path / "two").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_shipped_cpu_config_runs_two_processes(tmp_path):
+    launch(tmp_path / "one", 1, "batch_size=4")
+    launch(tmp_path / "two", 2, "batch_size=2", launcher="accelerate")  # one process would see 2 pairs a step
+    assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.mark.slow
@@ -106,3 +120,53 @@ def test_eval_batches_split_across_processes_add_up_to_the_whole(tmp_path, token
     assert 0 < parts[0][1] < n and parts[0][1] + parts[1][1] == n  # each process did part of the work
     for key, value in whole.items():
         assert parts[0][0][key] + parts[1][0][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_resume_restores_every_process_rng_stream(tmp_path):
+    """With attention dropout each process draws its own masks (its rows differ in length, so its stream
+    advances differently): resuming must give every process back its own RNG state, not the main one's."""
+    launch(tmp_path / "straight", 2, "batch_size=2", dropout=0.2)
+    launch(tmp_path / "resumed", 2, "batch_size=2", "max_steps=2", dropout=0.2)
+    saved = json.loads((tmp_path / "resumed" / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert len(saved["rng_per_process"]) == 2 and saved["rng_per_process"][0] != saved["rng_per_process"][1]
+    launch(tmp_path / "resumed", 2, "batch_size=2", "resume=true", dropout=0.2)
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+@pytest.mark.slow
+def test_whole_set_evaluate_runs_on_the_main_process_and_equals_one_process(tmp_path):
+    """DOVE evaluates the whole eval set at once (joint/conditional accuracies): under 2 processes the main
+    process alone runs it and shares the numbers, which equal the one-process eval."""
+    dove = ("objectives=[{name: dove, beta: 0.1}]", "data.max_eval_examples=7")  # odd: uneven eval batches
+    launch(tmp_path / "one", 1, "batch_size=4", *dove)
+    launch(tmp_path / "two", 2, "batch_size=2", *dove, record_evaluate=True)
+    calls = {p.name: p.read_text().count("call") for p in tmp_path.glob("two.evaluate-rank*")}
+    assert calls == {"two.evaluate-rank0": 3}  # steps 0, 2 and 4, on the main process only
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    evals = [(m, n) for m, n in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two"), strict=True)
+             if m["split"] == "eval"]
+    assert len(evals) == 3 and all("accuracy/joint" in n for _, n in evals)
+    for m, n in evals:
+        assert m["accuracy/joint"] == pytest.approx(n["accuracy/joint"], abs=1e-6)
+
+
+def test_sharded_parameter_modes_are_refused_before_anything_is_written():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from alignkit.configs import ConfigError
+    from alignkit.train.loop import refuse_sharded_parameters
+
+    def accelerator(kind, fsdp=None, zero=None):
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(
+            fsdp_plugin=SimpleNamespace(sharding_strategy=fsdp), deepspeed_plugin=SimpleNamespace(zero_stage=zero)))
+
+    for refused in (accelerator(DistributedType.FSDP, fsdp="ShardingStrategy.FULL_SHARD"),
+                    accelerator(DistributedType.DEEPSPEED, zero=3)):
+        with pytest.raises(ConfigError, match="not supported yet"):
+            refuse_sharded_parameters(refused)
+    for allowed in (accelerator(DistributedType.MULTI_CPU), accelerator(DistributedType.DEEPSPEED, zero=2),
+                    accelerator(DistributedType.FSDP, fsdp="ShardingStrategy.NO_SHARD")):
+        refuse_sharded_parameters(allowed)
