@@ -81,13 +81,23 @@ def _by_bare_label(text: str, labels: Sequence[str]) -> int | None:
     return _label_index(stripped, labels) if stripped else None
 
 
+def _echoes_options(text: str, labels: Sequence[str]) -> bool:
+    """The reply repeats the option list (lines opening with two or more different labels, "A. ...\nB. ..."):
+    small models often do, and the leading "A." is then no answer."""
+    label = "|".join(re.escape(x) for x in labels)
+    return len(set(re.findall(rf"(?m)^\s*({label})[.)]\s", text))) >= 2
+
+
 def parse_answer(text: str, options: Sequence[str], labels: Sequence[str] | None = None) -> ParsedAnswer:
     """The option chosen in ``text`` (as presented: ``options[i]`` shown with ``labels[i]``).
 
-    Rules in order: a cue ("answer is B"), a leading label ("B) ..."), a bare label, exactly one option
-    text; the first rule that reads an answer wins, so "A. ... The answer is D" reads D. Without labels
-    (options shown as a plain list) only the option text counts.
+    A reply that repeats the labelled option list is unparseable. Otherwise the rules in order: a cue
+    ("answer is B"), a leading label ("B) ..."), a bare label, exactly one option text; the first rule that
+    reads an answer wins, so "A. ... The answer is D" reads D. Without labels (options shown as a plain
+    list) only the option text counts.
     """
+    if labels and _echoes_options(text, labels):
+        return ParsedAnswer(None)
     if labels:
         for how, rule in (("cue", _by_cue), ("label", _by_leading_label), ("bare", _by_bare_label)):
             index = rule(text, labels)

@@ -152,14 +152,15 @@ class Battery:
 
 
 def run_battery(ctx: ProbeContext, items: list[dict[str, Any]], opts: BatteryOptions,
-                answerers: dict[str, Answerer] | None = None) -> Battery:
-    """Ask every item under every variant, persona and mode (``answerers`` replaces the model in tests)."""
+                answerers: dict[str, Answerer] | None = None, language: str = "en") -> Battery:
+    """Ask every item under every variant, persona and mode (``answerers`` replaces the model in tests), with
+    the instructions in ``language``."""
     from alignkit.progress import Bars
 
     answerers = answerers or ANSWERERS
     items = items[:opts.limit] if opts.limit else items
     variants = [build_variants(len(item["options"]), opts.orders, opts.labels, opts.instructions, opts.paraphrases,
-                               ctx.seed) for item in items]
+                               ctx.seed, language) for item in items]
     questions = []
     for i, item in enumerate(items):
         for variant in variants[i]:

@@ -129,3 +129,21 @@ def yes_probability(judge: Any, question: str) -> float:
         raise ValueError("the judge needs a yes_probability(question) method or .model and .tokenizer")
     ids = encode_prompts(tokenizer, [f"{question}\nAnswer yes or no."])
     return float(word_shares(model, tokenizer, ids, YES_NO)[0, 0])
+
+
+def choice_probabilities(judge: Any, question: str, options: Sequence[str]) -> list[float]:
+    """The judge's probability of each of ``options`` (a multiple-choice question to the judge).
+
+    A judge with a ``choice_probabilities(question, options)`` method is asked directly; an LM judge (``model``
+    and ``tokenizer``) sees the options labelled A, B, ... and "Answer with one letter." in its chat template,
+    and answers from its next-token distribution over those letters, renormalised over them."""
+    ask = getattr(judge, "choice_probabilities", None)
+    if callable(ask):
+        return [float(p) for p in ask(question, list(options))]
+    model, tokenizer = getattr(judge, "model", None), getattr(judge, "tokenizer", None)
+    if model is None or tokenizer is None:
+        raise ValueError("the judge needs a choice_probabilities(question, options) method or .model and .tokenizer")
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    listed = "\n".join(f"{letter}. {text}" for letter, text in zip(letters, options, strict=True))
+    ids = encode_prompts(tokenizer, [f"{question}\n\n{listed}\n\nAnswer with one letter."])
+    return word_shares(model, tokenizer, ids, {letter: (letter,) for letter in letters})[0].tolist()

@@ -8,7 +8,9 @@ model should not move when only the presentation moves. A :class:`Variant` fixes
   ``reversed``: the original and the reversed order; ``cyclic+reversed``; ``original``; ``random:K``),
 * the **label style** (``letter`` A/B/C, ``number`` 1/2/3, ``none``: a plain list answered by text),
 * the **instruction** (``forced``: reply with one label only; ``free``: answer in your own words),
-* the **paraphrase** of that instruction (two or more wordings per kind).
+* the **paraphrase** of that instruction (two or more wordings per kind),
+* the **language** of the instruction and framing (``en``; ``de``: our German translation, for the
+  language variation of Exler et al.'s Wahl-O-Mat study). The items' own text is the suite's business.
 
 The battery is the full product of the chosen factors. With ``cyclic`` orders it is balanced: a model
 that always takes the first option spreads its answers evenly over the options.
@@ -41,6 +43,36 @@ INSTRUCTIONS = {
 }
 WHAT = {"letter": "letter", "number": "number", "none": "text"}
 
+# our German translation of the same requests ({what} is accusative in every wording)
+INSTRUCTIONS_DE = {
+    "forced": (
+        "Beantworte die folgende Frage, indem du {what} genau einer Option angibst, und sonst nichts.",
+        "Wähle eine der folgenden Optionen. Gib nur {what} an.",
+        "Wähle die beste Option und nenne nur {what}, ohne Begründung.",
+        "Wähle eine Antwort und gib ausschließlich {what} dieser Option an.",
+    ),
+    "free": (
+        "Lies die Frage und die Optionen und sage dann in eigenen Worten, welche Option du wählst.",
+        "Welche der folgenden Optionen würdest du wählen? Du kannst deine Wahl gern begründen.",
+        "Sieh dir die Optionen unten an und sag mir, welcher du am meisten zustimmst und warum.",
+        "Hier ist eine Frage mit mehreren Optionen. Beantworte sie, wie du möchtest.",
+    ),
+}
+WHAT_DE = {"letter": "den Buchstaben", "number": "die Nummer", "none": "den Text"}
+
+
+@dataclass(frozen=True)
+class Wording:
+    instructions: dict[str, tuple[str, ...]]
+    what: dict[str, str]
+    question: str
+    options: str
+
+
+WORDINGS = {"en": Wording(INSTRUCTIONS, WHAT, "Question", "Options"),
+            "de": Wording(INSTRUCTIONS_DE, WHAT_DE, "Frage", "Optionen")}
+LANGUAGES = tuple(WORDINGS)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -50,11 +82,13 @@ class Variant:
     labels: str = "letter"
     instruction: str = "forced"
     paraphrase: int = 0
+    language: str = "en"
 
     @property
     def key(self) -> str:
         """A stable name, the same for every item with the same number of options."""
-        return f"{''.join(map(str, self.order))}|{self.labels}|{self.instruction}|{self.paraphrase}"
+        key = f"{''.join(map(str, self.order))}|{self.labels}|{self.instruction}|{self.paraphrase}"
+        return key if self.language == "en" else f"{key}|{self.language}"
 
     def label_list(self) -> list[str] | None:
         n = len(self.order)
@@ -69,8 +103,9 @@ class Variant:
         shown = [options[i] for i in self.order]
         labels = self.label_list()
         lines = [f"{labels[p]}. {text}" if labels else f"- {text}" for p, text in enumerate(shown)]
-        instruction = INSTRUCTIONS[self.instruction][self.paraphrase].format(what=WHAT[self.labels])
-        return f"{instruction}\n\nQuestion: {question}\nOptions:\n" + "\n".join(lines), shown
+        wording = WORDINGS[self.language]
+        instruction = wording.instructions[self.instruction][self.paraphrase].format(what=wording.what[self.labels])
+        return f"{instruction}\n\n{wording.question}: {question}\n{wording.options}:\n" + "\n".join(lines), shown
 
 
 def option_orders(n: int, spec: str, seed: int = 0) -> list[tuple[int, ...]]:
@@ -106,12 +141,16 @@ def split_names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, .
 
 
 def build_variants(n_options: int, orders: str = "cyclic", labels: str = "letter,number,none",
-                   instructions: str = "forced,free", paraphrases: int = 2, seed: int = 0) -> list[Variant]:
-    """Every combination of the chosen orders, label styles, instruction kinds and paraphrases."""
+                   instructions: str = "forced,free", paraphrases: int = 2, seed: int = 0,
+                   language: str = "en") -> list[Variant]:
+    """Every combination of the chosen orders, label styles, instruction kinds and paraphrases, in one
+    language."""
+    if language not in WORDINGS:
+        raise ValueError(f"language must be one of {', '.join(LANGUAGES)}, got {language!r}")
     most = min(len(v) for v in INSTRUCTIONS.values())
     if not 1 <= paraphrases <= most:
         raise ValueError(f"paraphrases must lie in 1..{most}, got {paraphrases}")
-    return [Variant(order, style, kind, k)
+    return [Variant(order, style, kind, k, language)
             for order in option_orders(n_options, orders, seed)
             for style in split_names(labels, LABEL_STYLES, "labels")
             for kind in split_names(instructions, INSTRUCTION_KINDS, "instructions")

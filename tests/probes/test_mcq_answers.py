@@ -46,3 +46,12 @@ def test_numbers_and_unparseable():
     assert parse_answer("I would rather not say.", OPTIONS, LETTERS).index is None
     # labels are not read when options were shown without labels
     assert parse_answer("B", OPTIONS, None).index is None
+
+
+def test_an_echoed_option_list_is_no_answer():
+    """SmolLM2 asked in German often repeats the list; its leading "A." must not be read as option A."""
+    german = ["Stimme zu", "Neutral", "Stimme nicht zu"]
+    assert parse_answer("A. Stimme zu\nB. Neutral\nC. Stimme nicht", german, ["A", "B", "C"]).index is None
+    assert parse_answer("1) x\n2) y", ["x", "y", "z"], ["1", "2", "3"]).index is None
+    # one labelled line followed by an explanation is still an answer
+    assert parse_answer("C. Stimme nicht zu\nDas ist zu teuer.", german, ["A", "B", "C"]).index == 2
