@@ -104,8 +104,10 @@ def pgr_bootstrap(weak_correct: Tensor, w2s_correct: Tensor, ceiling_correct: Te
 
     The three [N] 0/1 tensors mark which test examples the weak model, the strong student trained on weak
     labels and the strong ceiling got right; each bootstrap replicate resamples the *same* examples for all
-    three (paired). Replicates whose gap is below :data:`MIN_GAP` are dropped; ``n_valid`` says how many
-    remain. Returns the accuracies, ``pgr``, ``ci_low``, ``ci_high``, ``n`` and ``n_valid``.
+    three (paired). Accuracy is higher-is-better, so PGR needs a ceiling above the weak model: replicates whose
+    gap ``ceiling − weak`` is not above :data:`MIN_GAP` are dropped (``n_valid`` says how many remain), and
+    ``pgr`` is NaN when the measured ceiling does not beat the weak model (a negative gap would flip the ratio's
+    sign into a meaningless number). Returns the accuracies, ``pgr``, ``ci_low``, ``ci_high``, ``n``, ``n_valid``.
     """
     correct = torch.stack([weak_correct.double(), w2s_correct.double(), ceiling_correct.double()])
     n = correct.shape[1]
@@ -115,11 +117,12 @@ def pgr_bootstrap(weak_correct: Tensor, w2s_correct: Tensor, ceiling_correct: Te
     generator = torch.Generator().manual_seed(seed)
     resampled = correct[:, torch.randint(n, (n_boot, n), generator=generator)].mean(-1)  # [3, n_boot]
     gap = resampled[2] - resampled[0]
-    valid = gap.abs() > MIN_GAP
+    valid = gap > MIN_GAP
     replicates = ((resampled[1] - resampled[0])[valid] / gap[valid])
     tail = (1 - confidence) / 2
     low, high = (torch.quantile(replicates, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
                  if replicates.numel() else (math.nan, math.nan))
     return {"weak_accuracy": weak, "w2s_accuracy": w2s, "ceiling_accuracy": ceiling,
-            "pgr": performance_gap_recovered(weak, w2s, ceiling), "ci_low": low, "ci_high": high,
+            "pgr": performance_gap_recovered(weak, w2s, ceiling) if ceiling - weak > MIN_GAP else math.nan,
+            "ci_low": low, "ci_high": high,
             "n": float(n), "n_valid": float(replicates.numel())}

@@ -79,3 +79,14 @@ def test_pgr_bootstrap_is_paired_and_brackets_the_estimate():
     assert out["ci_low"] < 0.5 < out["ci_high"] and out["ci_high"] - out["ci_low"] < 0.6
     same = pgr_bootstrap(weak, ceiling, ceiling, n_boot=200)  # the student matches the ceiling on every example
     assert same["pgr"] == 1.0 and same["ci_low"] == pytest.approx(1.0) and same["ci_high"] == pytest.approx(1.0)
+
+
+def test_pgr_bootstrap_is_nan_when_the_ceiling_is_below_the_weak_model():
+    # the SmolLM2 run's shape: weak 0.75, student 0.625, ceiling ~0.73 on 48 examples; the plain ratio would be
+    # (0.625 - 0.75) / (0.729 - 0.75) = 6, "recovering 600 %" of a gap that does not exist
+    weak = torch.tensor([1.0] * 36 + [0.0] * 12)
+    w2s = torch.tensor([1.0] * 30 + [0.0] * 18)
+    ceiling = torch.tensor([1.0] * 35 + [0.0] * 13)
+    out = pgr_bootstrap(weak, w2s, ceiling, n_boot=300, seed=0)
+    assert math.isnan(out["pgr"])
+    assert out["n_valid"] == 0  # the ceiling is right only where weak is: every replicate has gap <= 0, dropped
