@@ -4,6 +4,11 @@ A checkpoint is a directory ``checkpoints/step-NNNNNN`` holding the trainable we
 optimizer and scheduler states, RNG states and the trainer state (step, data position, objective state).
 It is written to a hidden temporary directory and renamed into place, so a visible ``step-*`` directory
 is always complete.
+
+Weights and optimizer state go through torch's distributed state-dict API
+(``torch.distributed.checkpoint.state_dict``), which gathers FSDP-sharded parameters and optimizer state into
+full tensors on the main process and scatters them back on resume; for one process or DDP it is the plain
+state dict. The files are therefore the same whatever the sharding, keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from alignkit.io import atomic_directory
 
@@ -38,8 +50,51 @@ class TrainerState:
     num_processes: int = 1  # the data order is sharded by process count; resume needs the same count
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+# FSDP1 and activation checkpointing insert these into parameter names; the state-dict API removes them
+WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensors, on the main process only
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    """Names of the trainable parameters as the state-dict API writes them (wrapper prefixes removed)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    names = set()
+    for name, param in inner.named_parameters():
+        if param.requires_grad:
+            for wrapper in WRAPPER_NAMES:
+                name = name.replace(wrapper, "")
+            names.add(name)
+    return names
+
+
+def _unwrapped_optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps torch's
+
+
+def gather_training_state(model: nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(trainable weights, optimizer state), full tensors on CPU. A collective under FSDP: every process
+    calls it, and only the main process receives the tensors (the others get empty dicts)."""
+    names = trainable_names(model)
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                    ignore_frozen_params=True))
+    weights = {name: tensor.contiguous() for name, tensor in weights.items() if name in names}
+    return weights, get_optimizer_state_dict(model, _unwrapped_optimizer(optimizer), options=GATHER)
+
+
+def gather_full_model(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` as full CPU tensors on the main process (a collective)."""
+    return get_model_state_dict(model, options=GATHER)
+
+
+def parameters_sharded(model: nn.Module) -> bool:
+    """True when FSDP holds only a shard of the parameters in each process (FSDP2's DTensors or FSDP1)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters()) or any(
+        isinstance(m, FullyShardedDataParallel) for m in model.modules())
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,18 +114,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
                                       for s in state["cuda"]])
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, scheduler, state: TrainerState,
-                    keep: int = 2, rng_per_process: list[dict[str, Any]] | None = None) -> Path:
-    """Write a checkpoint of the run at ``state.step``. ``rng_per_process`` holds every process's RNG state
-    (rank order, gathered by the caller) so each resumes its own stream (dropout differs per process); by
-    default only this process's state is kept."""
+def save_checkpoint(run_dir: Path, training_state: tuple[dict[str, torch.Tensor], dict[str, Any]], scheduler,
+                    state: TrainerState, keep: int = 2, rng_per_process: list[dict[str, Any]] | None = None) -> Path:
+    """Write a checkpoint of the run at ``state.step`` (main process). ``training_state`` is what
+    :func:`gather_training_state` returned. ``rng_per_process`` holds every process's RNG state (rank order,
+    gathered by the caller) so each resumes its own stream (dropout differs per process); by default only
+    this process's state is kept."""
+    weights, optimizer_state = training_state
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{state.step:06d}"
 
     def fill(tmp: Path) -> None:
-        save_file(trainable_state(model), str(tmp / "weights.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, str(tmp / "weights.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         payload = {"trainer": asdict(state), "rng": rng_state(), "rng_per_process": rng_per_process}
         (tmp / "trainer_state.json").write_text(json.dumps(payload))
@@ -88,7 +145,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, process_index: int = 0) -> TrainerState:
     """Restore everything saved by :func:`save_checkpoint`, with the RNG state of process ``process_index``;
-    errors name the broken file."""
+    errors name the broken file. Every process calls it (under FSDP each takes its shard of the tensors)."""
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
@@ -96,17 +153,19 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, process_
         weights = load_file(str(path / "weights.safetensors"))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint file {path / 'weights.safetensors'} is corrupt: {err}") from err
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = trainable_names(model)
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights))[:3], sorted(set(weights) - expected)[:3]
         raise CheckpointError(f"checkpoint {path} does not match the model being trained "
                               f"(missing {missing}, unexpected {extra}); same config as the original run?")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device))
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
     try:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+        if all(isinstance(key, int) for key in optimizer_state.get("state", {})) and optimizer_state.get("state"):
+            _unwrapped_optimizer(optimizer).load_state_dict(optimizer_state)  # written before names were used
+        else:
+            set_optimizer_state_dict(model, _unwrapped_optimizer(optimizer), optimizer_state,
+                                     options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
         payload = json.loads((path / "trainer_state.json").read_text())
     except Exception as err:  # noqa: BLE001 - any failure here means the files are unusable

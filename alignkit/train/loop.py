@@ -30,8 +30,11 @@ from alignkit.train.batching import micro_batches
 from alignkit.train.checkpoint import (
     CheckpointError,
     TrainerState,
+    gather_full_model,
+    gather_training_state,
     latest_checkpoint,
     load_checkpoint,
+    parameters_sharded,
     rng_state,
     save_checkpoint,
 )
@@ -140,20 +143,15 @@ def _silent(message: str) -> None:
 
 
 def refuse_sharded_parameters(accelerator: Accelerator) -> None:
-    """Checkpoints, ``final/`` and resume read and write the parameters of the unwrapped model; under FSDP
-    (any sharding strategy but NO_SHARD) and DeepSpeed ZeRO-3 those are shards, so the files would be wrong.
-    Stop before anything is written rather than save a broken model."""
+    """FSDP's shards are gathered by torch's distributed state-dict API for checkpoints, resume and
+    ``final/``; DeepSpeed ZeRO-3's are not (that API does not know DeepSpeed's engine), so the files would
+    hold shards. Stop before anything is written rather than save a broken model."""
     from accelerate.utils import DistributedType
 
-    kind = accelerator.distributed_type
-    sharded = kind == DistributedType.FSDP and str(getattr(accelerator.state.fsdp_plugin, "sharding_strategy", "")
-                                                   ).upper().find("NO_SHARD") < 0
-    if kind == DistributedType.DEEPSPEED:
-        sharded = accelerator.state.deepspeed_plugin.zero_stage == 3
-    if sharded:
-        raise ConfigError("FSDP parameter sharding and DeepSpeed ZeRO-3 are not supported yet: alignkit's "
-                          "checkpoints and final/ do not gather sharded parameters. Use DDP or ZeRO-2 "
-                          "(docs/scaling.md)")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported: alignkit's checkpoints and final/ do not gather its "
+                          "partitioned parameters. Shard with FSDP (examples/accelerate/fsdp_full_shard.yaml) or use "
+                          "ZeRO-2 (docs/scaling.md)")
 
 
 def _run(config: TrainConfig, accelerator: Accelerator, method: Method, reference_mode: str, out_dir: Path,
@@ -211,7 +209,7 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     state = TrainerState(num_processes=world)
     if config.resume:
         checkpoint = latest_checkpoint(out_dir)
-        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, rank)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, rank)
         if state.num_processes != world:
             raise CheckpointError(
                 f"{checkpoint} was saved by a run with {state.num_processes} process(es) and this one has {world}: "
@@ -291,9 +289,9 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
             if config.save_every and state.step % config.save_every == 0:
                 # the main process writes (with every process's RNG state); the others wait until it is complete
                 rng_states = gather_object([rng_state()]) if world > 1 else None
-                main_first(accelerator, partial(save_checkpoint, out_dir, accelerator.unwrap_model(model), optimizer,
-                                                scheduler, state, keep=config.keep_checkpoints,
-                                                rng_per_process=rng_states))
+                training_state = gather_training_state(model, optimizer)  # every process: FSDP gathers shards
+                main_first(accelerator, partial(save_checkpoint, out_dir, training_state, scheduler, state,
+                                                keep=config.keep_checkpoints, rng_per_process=rng_states))
                 last_good = latest_checkpoint(out_dir)
                 if replaced is not None:  # the new run now has a checkpoint: the replaced one may go
                     replaced.discard()
@@ -307,12 +305,30 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
         run_log.write(state.step, "eval", eval_metrics)
         log(f"final eval: {_short(eval_metrics)}")
     final_dir = out_dir / "final"
-    main_first(accelerator, lambda: save_final(accelerator.unwrap_model(model), tokenizer, config, final_dir, method))
+    if parameters_sharded(model):  # gather every shard, then save an unsharded twin built the same way
+        full = gather_full_model(model)
+        main_first(accelerator, lambda: save_final(plain_twin(config, method, full), tokenizer, config, final_dir,
+                                                   method))
+    else:
+        main_first(accelerator, lambda: save_final(accelerator.unwrap_model(model), tokenizer, config, final_dir,
+                                                   method))
     log(f"saved final model to {final_dir}")
     if replaced is not None:
         replaced.discard()
     run_log.close()
     return RunResult(out_dir, final_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
+
+
+def plain_twin(config: TrainConfig, method: Method, full_state: dict[str, torch.Tensor]) -> nn.Module:
+    """An unsharded copy of the trained model on CPU, built as the run built it (base model, LoRA, the
+    method's wrapper) and given the gathered weights: what ``save_final`` needs under FSDP."""
+    twin, _ = load_model(config.model.name, dtype=config.model.dtype, device="cpu",
+                         trust_remote_code=config.model.trust_remote_code, log=_silent)
+    if config.lora.enabled:
+        twin = attach_lora(twin, config)
+    twin = method.wrap_model(twin)
+    twin.load_state_dict(full_state)  # strict: a name the gathered state lacks is a bug, not a default
+    return twin
 
 
 def save_final(model: nn.Module, tokenizer, config: TrainConfig, final_dir: Path, method: Method | None = None
