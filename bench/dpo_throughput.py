@@ -7,7 +7,8 @@ batch size, max length, learning rate, beta, constant schedule and fp32 (unless 
 Identical tokens: TRL tokenizes conversational data itself; alignkit is handed exactly the token ids TRL
 produces (alignkit's own encoder drops the newline the chat template puts after ``<|im_end|>``, which TRL
 scores), so per-step losses compare the trainers, not the tokenizers. Identical order: alignkit's loop
-draws micro-batches with ``alignkit.train.data.batch_order``; TRL is given a sampler that replays it.
+draws micro-batches with ``alignkit.train.data.batch_order``; TRL is given a sampler that replays it
+(``bench/trl_replay.py``, importable here because the script's own directory is on ``sys.path``).
 
     .venv/bin/python bench/dpo_throughput.py --steps 8            # writes bench/results/dpo_throughput.json
 """
@@ -82,10 +83,9 @@ def prepare_data(args: argparse.Namespace, path: Path) -> dict:
         room = args.max_length - len(ex["prompt_ids"])  # TRL's collator keeps the start of [prompt | response]
         ids.append({"prompt": ex["prompt_ids"], "chosen": ex["chosen_ids"][:room],
                     "rejected": ex["rejected_ids"][:room]})
-    from alignkit.train.data import batch_order
+    from trl_replay import replay_order
 
-    batches = batch_order(n, args.batch_size, 0)
-    order = [i for _ in range(args.warmup + args.steps) for i in next(batches)]
+    order = replay_order(n, args.batch_size, args.warmup + args.steps)
     data = {"rows": rows, "ids": ids, "order": order}
     path.write_text(json.dumps(data))
     return data
@@ -106,33 +106,17 @@ def step_tokens(ids: list[dict], order: list[int], batch_size: int) -> list[dict
 
 
 def worker_trl(args: argparse.Namespace, data: dict, settings: dict, out_dir: Path) -> dict:
-    import torch
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
+    from trl_replay import replay_trainer
 
     from alignkit.models import load_model
 
     model, tokenizer = load_model(dtype="float32", device="cpu", log=lambda m: None)
-    order = data["order"]
     losses: list[float] = []
     marks: list[float] = []
-
-    class Replay(torch.utils.data.Sampler):
-        def __iter__(self):
-            return iter(order)
-
-        def __len__(self):
-            return len(order)
-
-    class Trainer(DPOTrainer):
-        def _get_train_sampler(self, *a, **k):
-            return Replay()
-
-        def compute_loss(self, *a, **k):
-            loss = super().compute_loss(*a, **k)
-            losses.append(float((loss[0] if isinstance(loss, tuple) else loss).detach()))
-            return loss
+    Trainer = replay_trainer(data["order"], lambda trainer, loss: losses.append(loss))  # noqa: N806 - a class
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -167,8 +151,10 @@ def worker_alignkit(args: argparse.Namespace, data: dict, settings: dict, out_di
     from alignkit.train.config import load_config
     from alignkit.train.loop import train
 
-    os.environ["ALIGNKIT_CACHE"] = str(out_dir / "cache")  # no reference cache carried between configs
-    model, tokenizer = load_model(dtype="float32", device="cpu", log=lambda m: None)
+    model, tokenizer = load_model(dtype="float32", device="cpu", log=lambda m: None)  # from the bench's cache
+    # reference log-probs go to this worker's own cache (the root is read when they are cached, after the model
+    # has loaded), so no config reuses another's precomputed reference
+    os.environ["ALIGNKIT_CACHE"] = str(out_dir / "cache")
     n = len(data["ids"])
     items = [EncodedPair(x["prompt"], x["chosen"], x["rejected"]) for x in data["ids"]]
 
@@ -305,6 +291,11 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}")
+    # This process and the workers (they inherit the environment) keep alignkit's cache (the converted model,
+    # reference log-probs) in a fresh directory: the user's ~/.cache/alignkit is never read or written, and a
+    # stale reference cache cannot flatter a row. Removed at the end, and at exit on failure.
+    cache = tempfile.TemporaryDirectory(prefix="bench-dpo-cache-")
+    os.environ["ALIGNKIT_CACHE"] = cache.name
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     data_path = work / "data.json"
     data = prepare_data(args, data_path)
@@ -369,6 +360,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     Path(args.out + ".partial").unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
+    cache.cleanup()
     print(f"{'config':38} {'prec':5} {'pairs/s':>8} {'x TRL':>6} {'pairs/cpu-s':>11} {'x TRL':>6} {'uniq tok/s':>10} "
           f"{'RSS MB':>7} {'x TRL':>6} {'max|dloss|':>10} {'MFU':>6} {'MFU(cpu)':>8}")
     for r in rows.values():

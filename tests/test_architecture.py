@@ -8,9 +8,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alignkit"
 
-BASE = {"io", "progress", "configs", "lazy", "parallel"}
+BASE = {"io", "progress", "configs", "lazy", "parallel", "stats"}
 ALLOWED = {
-    "io": set(), "progress": set(), "configs": set(), "lazy": set(), "parallel": set(),
+    "io": set(), "progress": set(), "configs": set(), "lazy": set(), "parallel": set(), "stats": set(),
     "models": BASE,
     "data": BASE,
     "objectives": BASE,

@@ -12,13 +12,13 @@ Large Language Models Trained on Code", arXiv:2107.03374).
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from typing import Any
 
 from alignkit.data.tokenize import PromptEncoder
 from alignkit.decoding.base import Candidate, Context, Decoded, register, select_best
 from alignkit.engine.generation import SamplingParams, decode_response, sample_ids
+from alignkit.stats import bootstrap_mean
 
 SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
 Item = tuple[Any, str | None]  # (prompt, system)
@@ -104,12 +104,10 @@ def pass_rate_curve(passes: Sequence[Sequence[bool]], n_boot: int = 2000, seed: 
         return []
     n = min(len(p) for p in passes)
     sizes = sorted({2 ** i for i in range(n.bit_length()) if 2 ** i <= n} | {n})
-    rng = random.Random(seed)
     curve = []
     for k in sizes:
         per_prompt = [pass_at(n, sum(p[:n]), k) for p in passes]
-        means = sorted(sum(rng.choices(per_prompt, k=len(per_prompt))) / len(per_prompt) for _ in range(n_boot))
-        curve.append({"n": k, "pass_rate": sum(per_prompt) / len(per_prompt),
-                      "ci_low": means[int(0.025 * n_boot)], "ci_high": means[int(0.975 * n_boot) - 1],
+        low, high = bootstrap_mean(per_prompt, n_boot, seed=seed)
+        curve.append({"n": k, "pass_rate": sum(per_prompt) / len(per_prompt), "ci_low": low, "ci_high": high,
                       "prompts": len(per_prompt)})
     return curve

@@ -52,7 +52,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
         add("ranking accuracy (length-normalised)", ranking.get("accuracy_normalized"))
         rewards = pref.get("rewards", {})
         add("implicit reward accuracy", rewards.get("accuracies"))
+        if rewards.get("accuracies_ci_low") is not None:
+            add("  95% CI", f"[{rewards['accuracies_ci_low']:.3f}, {rewards['accuracies_ci_high']:.3f}]")
         add("reward margin (mean)", rewards.get("margins"))
+        if rewards.get("margins_ci_low") is not None:
+            add("  95% CI", f"[{rewards['margins_ci_low']:.3f}, {rewards['margins_ci_high']:.3f}]")
         ideal = pref.get("idealized", {})
         add("idealized ranking accuracy R*", ideal.get("r_star"))
         add("alignment gap R* − R", ideal.get("alignment_gap"))

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from alignkit.stats import MAX_ENTRIES, bootstrap_replicates, percentile_interval
+
 ArrayLike = Any  # np.ndarray | torch.Tensor | Sequence[float] | float
 
 
@@ -237,30 +239,16 @@ def bootstrap_ci(
 ) -> Estimate:
     """Percentile bootstrap: ``(stat(values), q_{(1−c)/2}, q_{(1+c)/2})`` of ``stat`` over resamples.
 
-    Resamples ``n`` values with replacement ``n_resamples`` times and takes the empirical quantiles of the
-    statistic. Deterministic for a given ``seed``. NaNs in ``values`` are kept (they propagate through
-    ``np.mean``); drop them first if that is not wanted.
+    Resamples ``n`` values with replacement ``n_resamples`` times (the stream of
+    :func:`alignkit.stats.resample_indices`) and takes the empirical quantiles of the statistic.
+    Deterministic for a given ``seed``. NaNs in ``values`` are kept (they propagate through ``np.mean``);
+    drop them first if that is not wanted.
     """
     x = _np(values)
     if x.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_resamples < 1:
-        raise ValueError("n_resamples must be >= 1")
-    estimate = float(stat(x))
-    rng = np.random.default_rng(seed)
-    # Chunk so n_resamples × n indices never needs more than a few million entries at once.
-    chunk = max(1, 4_000_000 // x.size)
-    stats = []
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        idx = rng.integers(0, x.size, size=(size, x.size))
-        stats.append(_stat_rows(stat, x[idx]))
-    boot = np.concatenate(stats)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(boot, [tail, 1.0 - tail])
-    return Estimate(estimate, float(low), float(high))
+    boot = bootstrap_replicates(lambda idx: _stat_rows(stat, x[idx]), x.size, n_resamples, seed, batched=True)
+    return Estimate(float(stat(x)), *percentile_interval(boot, confidence))
 
 
 def _check_outcomes(outcomes: ArrayLike) -> np.ndarray:
@@ -348,15 +336,11 @@ def length_adjusted_win_rate(
     a, b = _fit_logistic(y[None, :], z[None, :], ridge)
     estimate = float(_sigmoid(a)[0])
     if n_resamples > 0:
-        rng = np.random.default_rng(seed)
-        chunk = max(1, 2_000_000 // y.size)
-        boot = []
-        for start in range(0, n_resamples, chunk):
-            idx = rng.integers(0, y.size, size=(min(chunk, n_resamples - start), y.size))
-            # Keep the full-sample feature scaling so every resample estimates the same quantity.
-            boot.append(_sigmoid(_fit_logistic(y[idx], z[idx], ridge)[0]))
-        tail = (1.0 - confidence) / 2.0
-        low, high = (float(q) for q in np.quantile(np.concatenate(boot), [tail, 1.0 - tail]))
+        # Keep the full-sample feature scaling so every resample estimates the same quantity. Half the usual
+        # chunk: each resample's refit holds several [chunk, n] arrays.
+        boot = bootstrap_replicates(lambda idx: _sigmoid(_fit_logistic(y[idx], z[idx], ridge)[0]), y.size,
+                                    n_resamples, seed, batched=True, max_entries=MAX_ENTRIES // 2)
+        low, high = percentile_interval(boot, confidence)
     else:
         low = high = float("nan")
     return LengthAdjustedWinRate(estimate, low, high, float(y.mean()), float(a[0]), float(b[0]))

@@ -254,9 +254,14 @@ def _pair_summary(rows: list[dict[str, Any]], policy: PairLogps, ref: PairLogps 
     }
     if ref is not None:
         margins = metrics.reward_margins(pc, pr, ref.chosen, ref.rejected, beta)
+        acc_ci = metrics.bootstrap_ci((margins > 0).astype(float), n_resamples=n_bootstrap) if n_bootstrap else None
+        margin_ci = metrics.bootstrap_ci(margins, n_resamples=n_bootstrap) if n_bootstrap else None
         summary["rewards"] = {
             "accuracies": metrics.implicit_reward_accuracy(pc, pr, ref.chosen, ref.rejected, beta),
+            "accuracies_ci_low": acc_ci.low if acc_ci else None, "accuracies_ci_high": acc_ci.high if acc_ci else None,
             "margins": float(margins.mean()),
+            "margins_ci_low": margin_ci.low if margin_ci else None,
+            "margins_ci_high": margin_ci.high if margin_ci else None,
             "margins_median": float(np.median(margins)),
             "chosen": float(beta * (pc - ref.chosen).mean()),
             "rejected": float(beta * (pr - ref.rejected).mean()),

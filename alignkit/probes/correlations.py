@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from alignkit.stats import bootstrap_replicates, percentile_interval
+
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -60,11 +62,7 @@ def point_biserial(p: Sequence[float], y: Sequence[int]) -> float | None:
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float | None], n: int, resamples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of ``statistic(indices)`` over items; None when fewer than 2 resamples
-    give a defined value."""
-    rng = np.random.default_rng(seed)
-    values = [v for v in (statistic(rng.integers(0, n, n)) for _ in range(resamples)) if v is not None]
-    if len(values) < 2:
-        return None
-    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    """Percentile bootstrap interval of ``statistic(indices)`` over items (:mod:`alignkit.stats`' resampling
+    stream); None when fewer than 2 resamples give a defined value."""
+    values = bootstrap_replicates(statistic, n, resamples, seed)
+    return percentile_interval(values, level) if len(values) >= 2 else None

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from alignkit.rewards.pal import PAL, adapt_users, fit, load_pal, read_config, save_pal, train_pal
 from alignkit.rewards.pal_data import Embedder, PairTensors, embed_pairs, load_user_pairs
+from alignkit.stats import bootstrap_mean
 
 
 class BradleyTerry(nn.Module):
@@ -60,11 +61,9 @@ def per_user_accuracy(correct: Tensor, users: Tensor) -> Tensor:
 
 def mean_ci(values: Tensor, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
     """Mean with a 95% percentile bootstrap CI (resampling the values, i.e. users)."""
-    values = values.float()
-    generator = torch.Generator().manual_seed(seed)
-    means = values[torch.randint(len(values), (resamples, len(values)), generator=generator)].mean(1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975])).tolist()
-    return {"mean": float(values.mean()), "ci_low": low, "ci_high": high, "users": len(values)}
+    x = values.detach().double().cpu().numpy()
+    low, high = bootstrap_mean(x, resamples, seed=seed)
+    return {"mean": float(x.mean()), "ci_low": low, "ci_high": high, "users": len(x)}
 
 
 @torch.no_grad()
@@ -133,7 +132,7 @@ def train_from_file(data: str | Path, out: str | Path, encoder: str = "all-minil
     """Read user-tagged pairs, embed them, train PAL (and the BT baseline) and save both to ``out``."""
     start = time.perf_counter()
     rows = load_user_pairs(data, user_key, log=log)
-    embedder = Embedder(encoder, device=device, log=log)
+    embedder = Embedder(encoder, device=device, log=log, progress=progress)
     tensors = embed_pairs(rows, embedder)
     log(f"{len(rows)} pairs from {len(tensors.user_ids)} users embedded with {encoder} "
         f"({time.perf_counter() - start:.1f}s)")
@@ -194,14 +193,14 @@ def adapt_from_file(model_dir: str | Path, data: str | Path, shots: int, out: st
 
 def eval_from_file(model_dir: str | Path, data: str | Path, shots: Sequence[int] = (1, 2, 4, 8, 16),
                    repeats: int = 5, test_pairs: int = 16, device: str = "cpu", user_key: str | None = None,
-                   seed: int = 0, log=print, **adapt: Any) -> dict[str, Any]:
+                   seed: int = 0, log=print, progress: bool = False, **adapt: Any) -> dict[str, Any]:
     """Per-user accuracy on ``data``: the model's own users with their W_u, and users it has never seen
     through the few-shot protocol (:func:`few_shot_report`); the BT baseline next to both."""
     start = time.perf_counter()
     model, config = load_pal(model_dir)
     bt = load_bt(model_dir, read_config(model_dir))
     rows = load_user_pairs(data, user_key, log=log)
-    embedder = Embedder(config["encoder"], device=device, log=log)
+    embedder = Embedder(config["encoder"], device=device, log=log, progress=progress)
     seen = [(u, p) for u, p in rows if u in config["users"]]
     unseen = [(u, p) for u, p in rows if u not in config["users"]]
     report: dict[str, Any] = {"data": str(data), "model": str(model_dir)}

@@ -92,6 +92,13 @@ def test_summary_recomputed_from_the_table(full_result):
     assert s["rewards"]["accuracies"] == pytest.approx(metrics.implicit_reward_accuracy(pc, pr, rc, rr, BETA))
     assert s["rewards"]["accuracies"] == pytest.approx(column(rows, "reward_correct").mean())
     assert s["rewards"]["margins"] == pytest.approx(margins.mean(), abs=1e-6)
+    # percentile intervals of the same resamples: they bracket the estimate, lie within the data's range, and
+    # the margin interval equals a bootstrap of the per-pair margins with the same seed
+    assert s["rewards"]["accuracies_ci_low"] <= s["rewards"]["accuracies"] <= s["rewards"]["accuracies_ci_high"]
+    assert margins.min() <= s["rewards"]["margins_ci_low"] <= margins.mean() <= s["rewards"]["margins_ci_high"]
+    expected = metrics.bootstrap_ci(column(rows, "margin"), n_resamples=200)  # the fixture's n_bootstrap
+    assert (s["rewards"]["margins_ci_low"], s["rewards"]["margins_ci_high"]) == pytest.approx(
+        (expected.low, expected.high), abs=1e-5)
     assert s["rewards"]["chosen"] - s["rewards"]["rejected"] == pytest.approx(margins.mean(), abs=1e-6)
 
     r_star = metrics.idealized_ranking_accuracy(rc, rr, BETA, alpha)

@@ -6,14 +6,14 @@ ChatML writes after <|im_end|>), which the second half checks is a real differen
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
-import torch
 
 from alignkit.models import tiny_llama
 from alignkit.train.config import load_config
-from alignkit.train.data import batch_order
 from alignkit.train.loop import train
 
 STEPS, BATCH, LR = 4, 2, 1e-3
@@ -27,29 +27,26 @@ def pairs() -> list[dict]:
              "rejected": [{"role": "assistant", "content": "No."}]} for q in questions]
 
 
+def trl_replay():
+    """bench/trl_replay.py, shared with bench/dpo_throughput.py (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("trl_replay", Path(__file__).parents[2] / "bench" / "trl_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def trl_run(model, tokenizer, rows: list[dict], tmp_path) -> list[dict]:
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
-    order = [i for batch, _ in zip(batch_order(len(rows), BATCH, 0), range(STEPS), strict=False) for i in batch]
+    replay = trl_replay()
     logged: list[dict] = []
 
-    class Replay(torch.utils.data.Sampler):
-        def __iter__(self):
-            return iter(order)
+    def on_loss(trainer, loss: float) -> None:
+        step = {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}  # this step's raw values
+        logged.append({**step, "loss": loss})
 
-        def __len__(self):
-            return len(order)
-
-    class Trainer(DPOTrainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return Replay()
-
-        def compute_loss(self, *args, **kwargs):
-            loss = super().compute_loss(*args, **kwargs)
-            step = {k: sum(v) / len(v) for k, v in self._metrics["train"].items() if v}  # this step's raw values
-            logged.append({**step, "loss": float((loss[0] if isinstance(loss, tuple) else loss).detach())})
-            return loss
+    Trainer = replay.replay_trainer(replay.replay_order(len(rows), BATCH, STEPS), on_loss)  # noqa: N806 - a class
 
     config = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=BATCH, max_length=512,
                        learning_rate=LR, beta=0.1, bf16=False, use_cpu=True, max_steps=STEPS,
