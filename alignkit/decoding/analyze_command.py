@@ -87,6 +87,11 @@ def steer_command(
     balanced: Annotated[bool, typer.Option("--balanced/--unbalanced", help="weigh + and - keyed items equally so "
                                            "the answer letter's direction cancels (--unbalanced: PAS's plain "
                                            "mean difference)")] = True,
+    level: Annotated[str, typer.Option("--level", help="'layer' (decoder layers' outputs) or 'head' (attention "
+                                       "heads chosen by probe accuracy, PAS)")] = "layer",
+    heads: Annotated[int, typer.Option("--heads", help="head level: heads kept (capped by the model's)", min=1)] = 24,
+    search: Annotated[bool, typer.Option("--search", help="also choose alpha from --alphas on the training items "
+                                         "(highest keyed margin) and report the held-out answers there")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="JSON report")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="weights dtype")] = "float32",
@@ -97,12 +102,20 @@ def steer_command(
 
     report = run_steer_report(model, traits, trait, parse_numbers(layers or "", int, "--layers"),
                               parse_numbers(alphas, float, "--alphas"), system, balanced, device=device, dtype=dtype,
-                              log=lambda m: console.print(m, highlight=False))
+                              log=lambda m: console.print(m, highlight=False), level=level, heads=heads, search=search)
     names = list(report["traits"])
     table = Table("alpha", *[f"{n} margin" for n in names], "pooled margin", "pooled score", "toward pole",
-                  title=f"steer: held-out answers against alpha (layers {report['layers']})")
+                  title=f"steer ({level} level): held-out answers against alpha (layers {report['layers']})")
     for i, pooled in enumerate(report["pooled"]):
         table.add_row(f"{pooled['alpha']:g}", *[f"{report['traits'][n]['rows'][i]['margin']:+.3f}" for n in names],
                       f"{pooled['margin']:+.3f}", f"{pooled['score']:.3f}", f"{pooled['toward_pole']:.2f}")
     console.print(table)
+    if search:
+        found = Table("trait", "alpha (train)", "train margin", "held-out margin", "held-out score", "toward pole",
+                      title="alpha searched on the training items, held-out answers at it")
+        for name, fit in report["traits"].items():
+            row = fit["search"]
+            found.add_row(name, f"{row['alpha']:g}", f"{row['train_margin']:+.3f}", f"{row['held_out']['margin']:+.3f}",
+                          f"{row['held_out']['score']:.3f}", f"{row['held_out']['toward_pole']:.2f}")
+        console.print(found)
     _save(report, out)

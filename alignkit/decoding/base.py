@@ -39,6 +39,7 @@ class DecodeSettings:
     deal_lookahead: int = 4
     deal_lambda: float = 1.0
     deal_beam: int = 2
+    deal_cache: bool = True  # keep each beam's KV cache across steps (False: re-read the prefix every step)
     # URIAL (Lin et al., arXiv:2312.01552)
     urial_examples: Path | None = None
     urial_k: int | None = None  # use the first K examples (default: all)
@@ -54,6 +55,8 @@ class DecodeSettings:
     steer_trait: str | None = None
     steer_alpha: float = 4.0  # strength in units of σ (the spread of training activations along the direction)
     steer_layers: tuple[int, ...] = ()  # decoder layers (default: the middle one)
+    steer_level: str = "layer"  # "layer": the layers' residual stream; "head": probe-selected attention heads
+    steer_heads: int = 24  # head level: heads kept (PAS's 24), capped by the model's heads
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "reward_batch_size": self.reward_batch_size, "n": self.n,
@@ -67,6 +70,9 @@ class DecodeSettings:
             raise ValueError(f"urial_k must be >= 0, got {self.urial_k}")
         if not 0 <= self.rps_radius <= 180:
             raise ValueError(f"rps_radius must be in [0, 180] degrees, got {self.rps_radius}")
+        if self.steer_level not in ("layer", "head") or self.steer_heads < 1:
+            raise ValueError(f"steer_level must be 'layer' or 'head' and steer_heads >= 1, got "
+                             f"{self.steer_level!r} and {self.steer_heads}")
         if self.rps_objectives and len(self.rps_objectives) != 2:
             raise ValueError(f"rps_objectives names two objectives, got {len(self.rps_objectives)}")
 

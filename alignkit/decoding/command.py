@@ -66,6 +66,12 @@ def generate_command(
                                                                      "away from the trait)")] = 4.0,
     steer_layers: Annotated[str | None, typer.Option("--steer-layers", help="steer: decoder layers, e.g. '15' or "
                                                      "'12,15' (default: the middle one)")] = None,
+    steer_level: Annotated[str, typer.Option("--steer-level", help="steer: 'layer' (decoder layers' outputs) or "
+                                             "'head' (probe-selected attention heads, PAS)")] = "layer",
+    steer_heads: Annotated[int, typer.Option("--steer-heads", help="steer, head level: heads kept by probe "
+                                             "accuracy", min=1)] = 24,
+    deal_cache: Annotated[bool, typer.Option("--deal-cache/--no-deal-cache", help="deal: keep each beam's KV "
+                                             "cache across steps (--no-deal-cache: re-read the prefix)")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     dtype: Annotated[str, typer.Option(help="weights dtype")] = "float32",
     column_map: Annotated[str | None, typer.Option(help='JSON, e.g. {"prompt": "question"}')] = None,
@@ -88,7 +94,8 @@ def generate_command(
                               rps_radius=rps_radius, rps_baseline=rps_baseline, rps_in_prompt=rps_in_prompt,
                               rps_objectives=tuple(n.strip() for n in rps_objectives.split(",")) if rps_objectives
                               else (), steer_traits=steer_traits, steer_trait=steer_trait, steer_alpha=steer_alpha,
-                              steer_layers=tuple(parse_numbers(steer_layers or "", int, "--steer-layers")))
+                              steer_layers=tuple(parse_numbers(steer_layers or "", int, "--steer-layers")),
+                              steer_level=steer_level, steer_heads=steer_heads, deal_cache=deal_cache)
     summary = run_generate(model, prompts, out, strategy, reward, settings, limit=limit, device=device, dtype=dtype,
                            progress=progress, column_map=mapping, log=lambda m: console.print(m, highlight=False))
     table = Table("metric", "value", title=f"generate: {strategy}")
