@@ -1,4 +1,4 @@
-"""``alignkit reward ...``: PAL (pluralistic rewards from user-tagged preferences) and GTAlign commands.
+"""``alignkit reward ...``: PAL (pluralistic rewards from user-tagged preferences), GTAlign and LSC commands.
 
 The functions are registered in :mod:`alignkit.cli` (each wrapped in ``guarded``) from :data:`REWARD_COMMANDS`.
 Heavy imports (torch, transformers) happen inside the commands so ``alignkit --help`` stays fast.
@@ -159,6 +159,7 @@ def pal_eval_command(
     user_key: UserKey = None,
     device: Device = "cpu",
     report: Annotated[Path | None, typer.Option("--report", help="also write the report as JSON")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar while embedding")] = True,
 ) -> None:
     """Per-user accuracy of PAL against one Bradley-Terry model, with few-shot adaptation for new users."""
     from alignkit.rewards.pal import read_config
@@ -172,7 +173,7 @@ def pal_eval_command(
         raise ValueError(f"--shots must be positive, got {shots!r}")
     loss = read_config(model)["train"].get("loss", "hinge")
     summary = eval_from_file(model, data, sizes, repeats, test_pairs, device, user_key, seed, log=console.print,
-                             steps=steps, lr=lr, loss=loss)
+                             progress=progress, steps=steps, lr=lr, loss=loss)
     _finish(summary, f"({summary['seconds']}s)", report)
 
 
@@ -214,6 +215,79 @@ def gtalign_instruction_command() -> None:
     typer.echo(GTALIGN_INSTRUCTION)
 
 
+def gtalign_data_command(
+    out: Annotated[Path, typer.Argument(help="directory for train.jsonl and test.jsonl")],
+    n_train: Annotated[int, typer.Option(help="training pairs", min=1)] = 512,
+    n_test: Annotated[int, typer.Option(help="held-out pairs", min=0)] = 32,
+    families: Annotated[str | None, typer.Option(help="comma-separated synthetic families (default: all)")] = None,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace files in a non-empty OUT")] = False,
+) -> None:
+    """Synthetic tasks for GTAlign training: the format instruction as system prompt, both responses written in
+    the payoff-matrix format (the chosen one is GRAO's formatted reference answer)."""
+    from alignkit.data.synthetic import make_synthetic, write_jsonl
+    from alignkit.rewards.gtalign import gtalign_pairs
+
+    _refuse_existing(out, overwrite)
+    train, test = make_synthetic(n_train, n_test, seed=seed, families=families.split(",") if families else None)
+    for name, pairs in (("train", train), ("test", test)):
+        if pairs:
+            write_jsonl(gtalign_pairs(pairs), out / f"{name}.jsonl")
+            console.print(f"{out / f'{name}.jsonl'}: {len(pairs)} pairs")
+
+
+def lsc_prompts_command(
+    out: Annotated[Path, typer.Argument(help="JSON Lines file of prompts (a 'prompt' column) to write")],
+    n: Annotated[int, typer.Option("--n", help="number of distinct prompts", min=1)] = 96,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing file")] = False,
+) -> None:
+    """Held-out synthetic prompts asking for a fact under a word limit (two checks: correct and brief)."""
+    from alignkit.io import write_jsonl
+    from alignkit.rewards.lsc_select import length_prompts
+
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    write_jsonl(out, [{"prompt": p} for p in length_prompts(n, seed)])
+    console.print(f"{out}: {n} prompts")
+
+
+def lsc_compare_command(
+    file: Annotated[Path, typer.Argument(help="alignkit generate output (JSON Lines with 'candidates')")],
+    select: Annotated[list[str], typer.Option("--select", help="NAME=SPEC[+SPEC...], SPEC [W*]correct|brief|"
+                                                               "brevity|lsc:SPEC|lsc@Q:SPEC|RM_DIR|module:attr; "
+                                                               "repeat; the first is the one others are "
+                                                               "compared with")],
+    passes: Annotated[list[str], typer.Option("--passes", help="a 0/1 check every pick should pass (repeat: all "
+                                                               "must pass), e.g. correct, brief, verifier")],
+    report: Annotated[Path | None, typer.Option("--report", help="also write the comparison as JSON")] = None,
+    device: Device = "cpu",
+) -> None:
+    """Reselect the same best-of-N candidates with several reward combinations (raw sum vs LSC sum) and compare
+    the share of picks passing every check, with 95% bootstrap CIs over prompts."""
+    from alignkit.io import atomic_write_json, read_jsonl
+    from alignkit.rewards.lsc_select import compare_selection
+
+    result = compare_selection(read_jsonl(file), select, passes, device, console.print, source=str(file))
+    table = Table("selection", "pass all checks [95% CI]", *passes, "words", "minus first selector [95% CI]",
+                  title=f"[bold]{result['prompts']} prompts, {result['candidates']} candidates[/]",
+                  title_justify="left")
+    first = result["baselines"]["first_candidate"]
+    table.add_row("first candidate (no selection)", _ci(first["pass_all"]),
+                  *(f"{first['per_check'][c]:.3f}" for c in passes), f"{first['words']:.1f}", "")
+    for name, entry in result["selectors"].items():
+        diff = next((v for k, v in entry.items() if k.startswith("minus_")), None)
+        table.add_row(f"{name}: {entry['spec']}", _ci(entry["pass_all"]),
+                      *(f"{entry['per_check'][c]:.3f}" for c in passes), f"{entry['words']:.1f}",
+                      _ci(diff) if diff else "")
+    table.add_row("any candidate (upper bound)", _ci(result["baselines"]["any_candidate"]["pass_all"]),
+                  *([""] * len(passes)), "", "")
+    console.print(table)
+    if report is not None:
+        atomic_write_json(report, result)
+        console.print(f"report: {report}")
+
+
 REWARD_COMMANDS = {
     "make-users": make_users_command,
     "pal-train": pal_train_command,
@@ -221,4 +295,7 @@ REWARD_COMMANDS = {
     "pal-eval": pal_eval_command,
     "gtalign-score": gtalign_score_command,
     "gtalign-instruction": gtalign_instruction_command,
+    "gtalign-data": gtalign_data_command,
+    "lsc-prompts": lsc_prompts_command,
+    "lsc-compare": lsc_compare_command,
 }

@@ -24,6 +24,14 @@ output with no ``<response>`` block gets the defined penalty ``malformed_reward`
 well-formed output, whose R ≥ ε) and no answer-quality call; the payoff parser accepts Python-literal dicts and
 curly quotes like the reference's ``jsonish_to_json``. As a preference source, p(y ≻ y') = (1 + R(y) − R(y'))/2
 (R ∈ [0, 1]). Not implemented: inference-time steering by editing the payoff structure.
+
+Our additions (not in the reference): ``partial_credit`` c gives a malformed output ``malformed_reward + c·progress``,
+progress = the share of the eight tags ``<thinking>``, ``</thinking>``, …, ``</response>`` written in order (a
+shaping term so that a policy that never writes the format yet still gets a reward that varies across its samples;
+the reference gives the format reward, 0, instead). :func:`demonstration` writes an answer in the format with a
+fixed, non-degenerate payoff matrix, and :func:`gtalign_pairs` turns preference pairs into formatted ones with the
+instruction as their system prompt (training data for online methods whose reference answers should show the
+format, e.g. GRAO's imitation term).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from alignkit.rewards.base import check_lengths, preferences_from_rewards
 PAYOFF_KEYS = ("DQ_AQ", "DQ_CQ", "DQ_DA", "VQ_AQ", "VQ_CQ", "VQ_DA")
 PLAYERS = ("LLM", "user")
 EPSILON = 1e-4
+TAGS = tuple(t for name in ("thinking", "payoff", "analyze", "response") for t in (f"<{name}>", f"</{name}>"))
 _FORMAT = re.compile(r"^<thinking>.*?</thinking>\s*<payoff>.*?</payoff>\s*<analyze>.*?</analyze>\s*"
                      r"<response>.*?</response>$", re.DOTALL)
 
@@ -123,6 +132,46 @@ def parse_output(text: str) -> ParsedOutput:
                         extract_block(text, "response"), payoff, error, score)
 
 
+def format_progress(text: str) -> float:
+    """The share of the eight tags of the format (:data:`TAGS`) found in order, each searched after the previous
+    one found: 1 for a complete skeleton, 7/8 for an output cut off before ``</response>``, 0 with no tag."""
+    position, found = 0, 0
+    for tag in TAGS:
+        index = text.find(tag, position)
+        if index >= 0:
+            position, found = index + len(tag), found + 1
+    return found / len(TAGS)
+
+
+# A detailed question's game as the demonstrations write it: answering directly (DQ_DA) has the highest welfare,
+# and every cell's two payoffs differ by more than 10%, so payoff_quality is 1.
+EXAMPLE_MATRIX = {"DQ_AQ": {"LLM": 3.0, "user": 3.4}, "DQ_CQ": {"LLM": 2.1, "user": 1.8},
+                  "DQ_DA": {"LLM": 4.0, "user": 4.6}, "VQ_AQ": {"LLM": 2.5, "user": 2.9},
+                  "VQ_CQ": {"LLM": 3.1, "user": 3.5}, "VQ_DA": {"LLM": 2.0, "user": 1.6}}
+
+
+def demonstration(answer: str, matrix: dict[str, dict[str, float]] | None = None,
+                  thinking: str = "The question is clear and detailed, so a direct answer serves us both.",
+                  analyze: str = "DQ_DA has the highest welfare for both of us: answer directly.") -> str:
+    """``answer`` written in the GTAlign format, with :data:`EXAMPLE_MATRIX` (or ``matrix``) as the payoff."""
+    payoff = json.dumps(matrix or EXAMPLE_MATRIX)
+    return (f"<thinking>{thinking}</thinking>\n<payoff>{payoff}</payoff>\n<analyze>{analyze}</analyze>\n"
+            f"<response>{answer.strip()}</response>")
+
+
+def gtalign_pairs(pairs: Sequence[Any], instruction: str | None = None) -> list[Any]:
+    """Preference pairs with both responses written as :func:`demonstration` and ``instruction`` (default
+    :data:`GTALIGN_INSTRUCTION`) as the system prompt; string responses only."""
+    out = []
+    for pair in pairs:
+        if not isinstance(pair.chosen, str) or not isinstance(pair.rejected, str):
+            raise ValueError("gtalign_pairs: responses must be plain strings")
+        out.append(pair.model_copy(update={"chosen": demonstration(pair.chosen),
+                                           "rejected": demonstration(pair.rejected),
+                                           "system": instruction or GTALIGN_INSTRUCTION}))
+    return out
+
+
 def length_logistic(words: int, low: float, high: float, k: float = 0.005) -> float:
     """σ(k·(words − low))·σ(k·(high − words)): near 1 between ``low`` and ``high`` words, falling off outside."""
     def sigmoid(z: float) -> float:
@@ -163,10 +212,13 @@ class Welfare:
 
 
 def mutual_welfare(parsed: ParsedOutput, quality: float, epsilon: float = EPSILON,
-                   malformed_reward: float = 0.0) -> Welfare:
-    """R = sqrt(U_user · U_LLM) of a parsed output whose answer quality is ``quality`` ∈ [0, 1]."""
+                   malformed_reward: float = 0.0, partial_credit: float = 0.0) -> Welfare:
+    """R = sqrt(U_user · U_LLM) of a parsed output whose answer quality is ``quality`` ∈ [0, 1]; a malformed
+    output (no ``<response>`` block) gets ``malformed_reward + partial_credit · format_progress``."""
     if parsed.malformed:
-        return Welfare(malformed_reward, parts={"malformed": True, "format": parsed.format_score})
+        progress = format_progress(parsed.text)
+        return Welfare(malformed_reward + partial_credit * progress,
+                       parts={"malformed": True, "format": parsed.format_score, "progress": progress})
     q = min(1.0, max(0.0, float(quality)))
     reasoning = len(parsed.thinking or "") + len(parsed.analyze or "")
     response_len = length_logistic(len(parsed.response.split()), 20, 500)
@@ -183,10 +235,11 @@ class GTAlignReward:
     """A reward source: the mutual welfare of each output, the answer quality of its ``<response>`` text from
     ``quality`` (any reward source; the synthetic verifiers by default). ``quality_scale``: ``clamp`` keeps
     rewards already in [0, 1] (verifiers), ``sigmoid`` maps reward-model logits; ``auto`` picks sigmoid for a
-    :class:`~alignkit.rewards.RewardModel`."""
+    :class:`~alignkit.rewards.RewardModel`. ``partial_credit`` (default 0, the reference) shapes the reward of
+    malformed outputs by how much of the format they wrote (:func:`mutual_welfare`)."""
 
     def __init__(self, quality: Any = None, quality_scale: str = "auto", epsilon: float = EPSILON,
-                 malformed_reward: float = 0.0):
+                 malformed_reward: float = 0.0, partial_credit: float = 0.0):
         from alignkit.rewards.reward_model import RewardModel
         from alignkit.rewards.sources import VerifierReward
 
@@ -195,7 +248,10 @@ class GTAlignReward:
         self.quality = quality if quality is not None else VerifierReward()
         if quality_scale == "auto":
             quality_scale = "sigmoid" if isinstance(self.quality, RewardModel) else "clamp"
+        if not 0.0 <= partial_credit <= 1.0:
+            raise ValueError(f"gtalign: partial_credit must lie in [0, 1], got {partial_credit}")
         self.quality_scale, self.epsilon, self.malformed_reward = quality_scale, epsilon, malformed_reward
+        self.partial_credit = partial_credit
         self.last: list[Welfare] = []
 
     def welfare(self, prompts: Sequence[Text], responses: Sequence[str]) -> list[Welfare]:
@@ -209,8 +265,8 @@ class GTAlignReward:
             raw = torch.sigmoid(raw) if self.quality_scale == "sigmoid" else raw.clamp(0.0, 1.0)
             for i, value in zip(ok, raw.tolist(), strict=True):
                 scores[i] = value
-        self.last = [mutual_welfare(p, q, self.epsilon, self.malformed_reward) for p, q in zip(parsed, scores,
-                                                                                              strict=True)]
+        self.last = [mutual_welfare(p, q, self.epsilon, self.malformed_reward, self.partial_credit)
+                     for p, q in zip(parsed, scores, strict=True)]
         return self.last
 
     def rewards(self, prompts: Sequence[Text], responses: Sequence[str]) -> Tensor:
@@ -233,6 +289,7 @@ def build_gtalign(options: dict[str, Any], device=None, log=print) -> GTAlignRew
     return GTAlignReward(build_source(quality, device, log) if quality is not None else None, **options)
 
 
-__all__ = ["EPSILON", "GTALIGN_INSTRUCTION", "GTAlignReward", "PAYOFF_KEYS", "ParsedOutput", "Welfare",
-           "build_gtalign", "extract_block", "length_logistic", "mutual_welfare", "parse_output", "parse_payoff",
+__all__ = ["EPSILON", "EXAMPLE_MATRIX", "GTALIGN_INSTRUCTION", "GTAlignReward", "PAYOFF_KEYS", "ParsedOutput", "TAGS",
+           "Welfare", "build_gtalign", "demonstration", "extract_block", "format_progress", "gtalign_pairs",
+           "length_logistic", "mutual_welfare", "parse_output", "parse_payoff",
            "payoff_quality", "welfare_action"]

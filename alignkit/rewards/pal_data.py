@@ -22,6 +22,7 @@ from alignkit.data.readers import read_rows
 from alignkit.data.records import PreferencePair, Text
 from alignkit.data.tokenize import to_messages
 from alignkit.models.encoder import DEFAULT_ENCODER
+from alignkit.progress import Bars
 
 USER_KEYS = ("user_id", "user")  # the columns read as the user id, first found wins
 
@@ -62,8 +63,9 @@ class Embedder:
     """φ(x, y) for (prompt, response) items, cached per item. ``spec`` is ``all-minilm-l6-v2`` (the builtin
     sentence encoder), another sentence-encoder directory / hub id, or ``policy:MODEL`` (a causal LM)."""
 
-    def __init__(self, spec: str = DEFAULT_ENCODER, device: str = "cpu", batch_size: int = 32, log=print):
-        self.spec, self.device, self.batch_size, self.log = spec, device, batch_size, log
+    def __init__(self, spec: str = DEFAULT_ENCODER, device: str = "cpu", batch_size: int = 32, log=print,
+                 progress: bool = False):
+        self.spec, self.device, self.batch_size, self.log, self.progress = spec, device, batch_size, log, progress
         self._cache: dict[tuple[str, str], Tensor] = {}
         self._encoder: Callable[[list[tuple[Text, Text]]], Tensor] | None = None  # loaded on first use
 
@@ -107,10 +109,13 @@ class Embedder:
         keys = [(repr(p), repr(r)) for p, r in zip(prompts, responses, strict=True)]
         missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
         lookup = {k: (p, r) for k, p, r in zip(keys, prompts, responses, strict=True)}
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start:start + self.batch_size]
-            for key, row in zip(chunk, self._encode([lookup[k] for k in chunk]), strict=True):
-                self._cache[key] = row
+        with Bars(self.progress and bool(missing)).open() as bars:
+            advance = bars.task(f"embed ({self.spec})", len(missing))
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start:start + self.batch_size]
+                for key, row in zip(chunk, self._encode([lookup[k] for k in chunk]), strict=True):
+                    self._cache[key] = row
+                advance(len(chunk))
         if not keys:
             return torch.zeros(0, 0)
         return torch.stack([self._cache[k] for k in keys])
