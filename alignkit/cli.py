@@ -347,7 +347,8 @@ app.add_typer(register_scenarios(guarded), name="scenario")
 
 from alignkit.rewards.command import REWARD_COMMANDS  # noqa: E402 - kept next to its registration
 
-reward_app = typer.Typer(help="Pluralistic (PAL) and game-theoretic (GTAlign) rewards.", no_args_is_help=True)
+reward_app = typer.Typer(help="Pluralistic (PAL), game-theoretic (GTAlign) and LSC-combined rewards.",
+                         no_args_is_help=True)
 for _name, _command in REWARD_COMMANDS.items():
     reward_app.command(_name)(guarded(_command))
 app.add_typer(reward_app, name="reward")
