@@ -41,14 +41,20 @@ DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-test-first1000.jsonl.
 # name -> (trainer, settings); alignkit settings are TrainConfig overrides on top of the common ones
 CONFIGS: dict[str, tuple[str, dict]] = {
     "alignkit_default": ("alignkit", {"overrides": []}),
-    # activation checkpointing fails with per-segment attention (the recompute runs outside its context):
-    # checkpointed runs use the dense 4-D mask
+    # the backward's recompute runs outside per-segment attention's context, so checkpointed models use the dense
+    # 4-D mask (engine/logprobs.segment_plan switches by itself since 67ae664; the env var makes it explicit)
     "alignkit_checkpointed": ("alignkit", {"overrides": ["activation_checkpointing=true"],
                                            "env": {"ALIGNKIT_ATTENTION": "dense"}}),
     "alignkit_checkpointed_segments": ("alignkit", {"overrides": ["activation_checkpointing=true"]}),
     "alignkit_padded": ("alignkit", {"overrides": ["layout=padded"]}),
     "trl_default": ("trl", {}),
     "trl_no_checkpointing": ("trl", {"gradient_checkpointing": False}),
+    # the same glibc malloc setting on both sides: a fixed 1 MiB mmap threshold hands freed activations back to
+    # the OS at once (by default the threshold rises with freed blocks and they stay resident in a fragmented heap)
+    "alignkit_mmap_1m": ("alignkit", {"overrides": [], "env": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}),
+    "alignkit_checkpointed_mmap_1m": ("alignkit", {"overrides": ["activation_checkpointing=true"], "env": {
+        "ALIGNKIT_ATTENTION": "dense", "MALLOC_MMAP_THRESHOLD_": "1048576"}}),
+    "trl_default_mmap_1m": ("trl", {"env": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}),
 }
 # alignkit first: TRL's worker copies the score head alignkit initialised
 DEFAULT_CONFIGS = ["alignkit_default", "alignkit_checkpointed", "trl_default"]
@@ -103,11 +109,13 @@ def worker_alignkit(args: argparse.Namespace, work: Path, settings: dict, out_di
     from alignkit.train.methods.reward_model import BradleyTerryMethod
 
     marks: list[tuple[float, float]] = []
+    resident: list[float] = []
     params: list[int] = []
     step, wrap = BradleyTerryMethod.step, BradleyTerryMethod.wrap_model
 
     def timed_step(self, *a, **k):  # one micro-step per optimizer step: step i runs from its mark to i+1's
         marks.append(mark())
+        resident.append(resident_mb())
         return step(self, *a, **k)
 
     def saving_wrap(self, model):  # the head alignkit draws is the one TRL starts from
@@ -129,6 +137,7 @@ def worker_alignkit(args: argparse.Namespace, work: Path, settings: dict, out_di
     train_lines = [x for x in lines if x["split"] == "train"]
     return {"losses": [x["loss"] for x in train_lines], "accuracies": [x["accuracy"] for x in train_lines],
             **_durations(marks), "setup_seconds": marks[0][0] - setup, "log": logs[-6:], "params": params[0],
+            "rss_at_step_start_mb": resident,
             "settings": {"overrides": settings["overrides"], "env": settings.get("env", {}), "lora": False}}
 
 
@@ -152,6 +161,7 @@ def worker_trl(args: argparse.Namespace, work: Path, settings: dict, out_dir: Pa
     tokenizer = load_tokenizer()
     seen: list[tuple[float, float]] = []
     marks: list[tuple[float, float]] = []
+    resident: list[float] = []
 
     class Trainer(RewardTrainer):
         def _get_train_sampler(self, train_dataset=None):
@@ -159,6 +169,7 @@ def worker_trl(args: argparse.Namespace, work: Path, settings: dict, out_dir: Pa
 
         def training_step(self, *a, **k):  # marked as alignkit's step: each span holds one optimizer step
             marks.append(mark())
+            resident.append(resident_mb())
             return super().training_step(*a, **k)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -179,8 +190,17 @@ def worker_trl(args: argparse.Namespace, work: Path, settings: dict, out_dir: Pa
     marks.append(mark())
     return {"losses": [s[0] for s in seen], "accuracies": [s[1] for s in seen], **_durations(marks),
             "setup_seconds": init_seconds, "params": sum(p.numel() for p in model.parameters()),
+            "rss_at_step_start_mb": resident,
             "settings": {"gradient_checkpointing": config.gradient_checkpointing, "bf16": config.bf16,
+                         "env": settings.get("env", {}),
                          "optim": str(config.optim)}}
+
+
+def resident_mb() -> float:
+    """Resident set size now (VmRSS), MB: sampled at each step's start it shows memory the allocator keeps
+    between steps, next to the peak."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
 def mark() -> tuple[float, float]:
@@ -224,6 +244,7 @@ def summarise(name: str, result: dict, data: dict, args: argparse.Namespace, pea
         "unique_tokens_per_s": sum(data["tokens_per_step"][measured]) / seconds,
         "step_seconds": result["step_seconds"], "step_cpu_seconds": result["step_cpu_seconds"],
         "setup_seconds": result["setup_seconds"], "peak_rss_mb": result["peak_rss_mb"],
+        "rss_at_step_start_mb": result["rss_at_step_start_mb"],
         "losses": result["losses"], "accuracies": result["accuracies"], "log": result.get("log", []),
     }
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from alignkit.engine.segments import SegmentPlan
+
 Group = tuple[list[int], list[list[int]]]  # prompt ids, response ids
 Rows = list[tuple[list[int], list[int]]]  # (prompt ids, response ids) per row
 
@@ -119,6 +121,15 @@ class PackedBatch:
                 self._masks[key] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)
             else:
                 raise ValueError(f"no 4-D mask convention for attention implementation {implementation!r}")
+        return self._masks[key]
+
+    def segment_plan(self) -> SegmentPlan:
+        """The per-segment attention plan of these rows (:class:`alignkit.engine.segments.SegmentPlan`); cached
+        with the masks, since it depends only on the spans and the row width, and the policy and reference
+        forwards of a step share the batch (the plan also keeps its small per-call masks)."""
+        key = ("segment_plan", self.input_ids.shape[1])
+        if key not in self._masks:
+            self._masks[key] = SegmentPlan.from_spans(self.spans, self.input_ids.shape[1])
         return self._masks[key]
 
 

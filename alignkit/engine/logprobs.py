@@ -99,7 +99,8 @@ def sequence_logps(
 
 
 def segment_plan(model: nn.Module, batch: PackedBatch, attention: str = "auto") -> segments.SegmentPlan | None:
-    """The per-segment attention plan for ``batch``, or None for the dense 4-D mask."""
+    """The per-segment attention plan for ``batch`` (built once per batch, :meth:`PackedBatch.segment_plan`), or
+    None for the dense 4-D mask."""
     if attention not in ("auto", "dense", "segments"):
         raise ValueError(f"attention must be auto, dense or segments, not {attention!r}")
     use = attention == "segments" or (attention == "auto" and segments.not_used_because(model) is None)
@@ -107,7 +108,7 @@ def segment_plan(model: nn.Module, batch: PackedBatch, attention: str = "auto") 
         return None
     if getattr(_unwrap(getattr(model, "module", model)), "is_gradient_checkpointing", False):
         return None  # the backward recomputes layers outside segments.segment_attention(): keep the dense mask
-    return segments.SegmentPlan.from_spans(batch.spans, batch.input_ids.shape[1])
+    return batch.segment_plan()
 
 
 def _packed_logps(model: nn.Module, batch: PackedBatch, chunk_size: int, autocast_dtype: torch.dtype | None,

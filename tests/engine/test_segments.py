@@ -111,3 +111,25 @@ def test_activation_checkpointing_keeps_the_dense_mask_and_back_propagates():
     assert segment_plan(model, batch, "segments") is None
     sequence_logps(model, batch).logps.sum().backward()
     assert model.model.embed_tokens.weight.grad is not None
+
+
+def test_the_plan_is_built_once_per_batch_and_shared_by_its_forwards(monkeypatch):
+    """The policy and reference forwards of one batch (here: two forwards) read the same cached plan, built from
+    the batch's spans once, and give the same log-probs as a fresh plan."""
+    model = gqa_llama()
+    batch = build_groups(groups(), 0, pack=True, row_tokens=40)
+    fresh = sequence_logps(model, build_groups(groups(), 0, pack=True, row_tokens=40), attention="segments").logps
+    built = []
+    from_spans = segments.SegmentPlan.from_spans.__func__
+    monkeypatch.setattr(segments.SegmentPlan, "from_spans",
+                        classmethod(lambda cls, spans, width: built.append(width) or from_spans(cls, spans, width)))
+    first = segment_plan(model, batch, "segments")
+    assert segment_plan(model, batch, "segments") is first
+    assert first.rows == segments.SegmentPlan.from_spans(batch.spans, batch.input_ids.shape[1]).rows
+    built.clear()
+    twice = [sequence_logps(model, batch, attention="segments").logps for _ in range(2)]
+    assert built == []  # both forwards used the cached plan
+    torch.testing.assert_close(twice[0], fresh, atol=0, rtol=0)
+    torch.testing.assert_close(twice[1], fresh, atol=0, rtol=0)
+    moved = batch.to(torch.device("cpu"))  # a new batch object builds its own
+    assert moved.segment_plan() is not first and moved.segment_plan().rows == first.rows

@@ -101,18 +101,33 @@ def score_module(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def sequence_classifier(lm: nn.Module, pad_id: int) -> nn.Module:
     """``AutoModelForSequenceClassification`` (``num_labels=1``) sharing ``lm``'s backbone, with a freshly
-    initialised score head on the same device and dtype."""
+    initialised score head on the same device and dtype.
+
+    The classifier is built on the meta device: its own backbone would be thrown away for ``lm``'s, and
+    allocating and initialising it would hold a second copy of the model's weights for a moment (and, on CPU,
+    leave that memory to the allocator) and cost seconds. Only the head is then materialised and initialised."""
     from transformers import AutoModelForSequenceClassification
 
     config = copy.deepcopy(lm.config)
     config.num_labels, config.architectures, config.pad_token_id = 1, None, pad_id
     config.problem_type = None
     parameter = next(lm.parameters())
-    classifier = AutoModelForSequenceClassification.from_config(
-        config, dtype=parameter.dtype, attn_implementation=getattr(lm.config, "_attn_implementation", None))
+    with torch.device("meta"):
+        classifier = AutoModelForSequenceClassification.from_config(
+            config, dtype=parameter.dtype, attn_implementation=getattr(lm.config, "_attn_implementation", None))
     backbone = classifier.base_model_prefix
     setattr(classifier, backbone, getattr(lm, lm.base_model_prefix))  # shared, not copied
-    return classifier.to(parameter.device)
+    if getattr(classifier, "score", None) is None:
+        raise ValueError(f"{type(classifier).__name__} has no 'score' head; bradley_terry needs a transformers "
+                         "*ForSequenceClassification model of a causal LM")
+    head = classifier.score.to_empty(device=parameter.device)
+    with torch.no_grad():
+        classifier._init_weights(head)  # the model's own initialisation, as from_pretrained gives a missing head
+    left = [name for name, tensor in [*classifier.named_parameters(), *classifier.named_buffers()] if tensor.is_meta]
+    if left:
+        raise ValueError(f"{type(classifier).__name__} has weights outside its backbone and score head "
+                         f"({', '.join(left[:3])}); bradley_terry does not know how to initialise them")
+    return classifier
 
 
 @register_method("bradley_terry", params=BradleyTerryParams)
