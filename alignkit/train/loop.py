@@ -199,8 +199,11 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
         enable_activation_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
+    # the fused kernel: one pass over the parameters instead of foreach's temporaries (on SmolLM2's 135M
+    # parameters 0.08 s and no extra memory per step, against 0.49 s and +0.5 GB; bench/README.md)
+    fused = all(p.device.type in ("cpu", "cuda", "mps") and p.is_floating_point() for p in trainable)
     optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay,
-                                  betas=optim.adam_betas)
+                                  betas=optim.adam_betas, fused=fused or None)
     scheduler = get_scheduler(optim.scheduler, optimizer, num_warmup_steps=optim.warmup_steps,
                               num_training_steps=config.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
