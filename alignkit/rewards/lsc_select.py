@@ -40,6 +40,7 @@ from alignkit.data.synthetic import FAMILIES, make_synthetic
 from alignkit.data.synthetic.facts import Fact, contains_answer, lookup_fact, normalize, words
 from alignkit.rewards.base import check_lengths, preferences_from_rewards, prompt_text
 from alignkit.rewards.lsc import LSCReward, prompt_key, split_lsc_prefix
+from alignkit.stats import bootstrap_mean
 
 # ------------------------------------------------------------------------------------------ the two objectives
 
@@ -168,10 +169,9 @@ def pick(scores: Sequence[float], logps: Sequence[float | None]) -> int:
 
 
 def _ci(values: Tensor) -> dict[str, float]:
-    from alignkit.rewards.pal_eval import mean_ci
-
-    entry = mean_ci(values)
-    return {"mean": entry["mean"], "ci_low": entry["ci_low"], "ci_high": entry["ci_high"]}
+    x = values.detach().double().cpu().numpy()
+    low, high = bootstrap_mean(x, 2000, seed=0)
+    return {"mean": float(x.mean()), "ci_low": low, "ci_high": high}
 
 
 def _rows(rows: Sequence[dict[str, Any]], source: str) -> tuple[list[Text], list[list[dict]]]:
@@ -226,13 +226,13 @@ def compare_selection(rows: Sequence[dict[str, Any]], selectors: Sequence[str], 
     report["baselines"] = {"first_candidate": {k: v for k, v in first.items() if k != "_hit"},
                            "any_candidate": {"pass_all": _ci(any_pass)}}
     report["selectors"], reference = {}, None
+    logps = per_prompt([c.get("logp") for g in groups for c in g])
     for text in selectors:
         name, terms = parse_selector(text)
         total = torch.zeros(len(flat_texts))
         for weight, spec in terms:
             total += weight * build_term(spec, candidates, device, log).rewards(flat_prompts, flat_texts).float()
-        logps = [c.get("logp") for g in groups for c in g]
-        choice = [pick(s, lp) for s, lp in zip(per_prompt(total.tolist()), per_prompt(logps), strict=True)]
+        choice = [pick(s, lp) for s, lp in zip(per_prompt(total.tolist()), logps, strict=True)]
         result = outcome(choice)
         hit = result.pop("_hit")
         result["spec"] = body_of(text)
