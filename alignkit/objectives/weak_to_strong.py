@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from alignkit.objectives.base import ObjectiveOutput, mean
+from alignkit.stats import bootstrap_replicates, percentile_interval
 
 # Below this gap between ceiling and weak performance PGR is undefined (reported as NaN).
 MIN_GAP = 1e-9
@@ -104,25 +106,29 @@ def pgr_bootstrap(weak_correct: Tensor, w2s_correct: Tensor, ceiling_correct: Te
 
     The three [N] 0/1 tensors mark which test examples the weak model, the strong student trained on weak
     labels and the strong ceiling got right; each bootstrap replicate resamples the *same* examples for all
-    three (paired). Accuracy is higher-is-better, so PGR needs a ceiling above the weak model: replicates whose
-    gap ``ceiling − weak`` is not above :data:`MIN_GAP` are dropped (``n_valid`` says how many remain), and
-    ``pgr`` is NaN when the measured ceiling does not beat the weak model (a negative gap would flip the ratio's
-    sign into a meaningless number). Returns the accuracies, ``pgr``, ``ci_low``, ``ci_high``, ``n``, ``n_valid``.
+    three (paired; the resamples are :mod:`alignkit.stats`' seeded stream). Accuracy is higher-is-better, so PGR
+    needs a ceiling above the weak model: replicates whose gap ``ceiling − weak`` is not above :data:`MIN_GAP`
+    are dropped (``n_valid`` says how many remain), and ``pgr`` is NaN when the measured ceiling does not beat the
+    weak model (a negative gap would flip the ratio's sign into a meaningless number). Returns the accuracies,
+    ``pgr``, ``ci_low``, ``ci_high``, ``n``, ``n_valid``.
     """
-    correct = torch.stack([weak_correct.double(), w2s_correct.double(), ceiling_correct.double()])
+    correct = np.stack([c.detach().cpu().double().numpy().reshape(-1)
+                        for c in (weak_correct, w2s_correct, ceiling_correct)])  # [3, N]
     n = correct.shape[1]
     if n == 0:
         raise ValueError("PGR needs at least one test example")
     weak, w2s, ceiling = correct.mean(1).tolist()
-    generator = torch.Generator().manual_seed(seed)
-    resampled = correct[:, torch.randint(n, (n_boot, n), generator=generator)].mean(-1)  # [3, n_boot]
-    gap = resampled[2] - resampled[0]
-    valid = gap > MIN_GAP
-    replicates = ((resampled[1] - resampled[0])[valid] / gap[valid])
-    tail = (1 - confidence) / 2
-    low, high = (torch.quantile(replicates, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-                 if replicates.numel() else (math.nan, math.nan))
+
+    def resampled_pgr(idx: np.ndarray) -> np.ndarray:  # [chunk, N] indices -> [chunk] PGRs, NaN where undefined
+        weak_b, w2s_b, ceiling_b = correct[:, idx].mean(-1)
+        gap = ceiling_b - weak_b
+        valid = gap > MIN_GAP
+        return np.where(valid, (w2s_b - weak_b) / np.where(valid, gap, 1.0), np.nan)
+
+    replicates = bootstrap_replicates(resampled_pgr, n, n_boot, seed, batched=True)
+    replicates = replicates[~np.isnan(replicates)]
+    low, high = percentile_interval(replicates, confidence) if replicates.size else (math.nan, math.nan)
     return {"weak_accuracy": weak, "w2s_accuracy": w2s, "ceiling_accuracy": ceiling,
             "pgr": performance_gap_recovered(weak, w2s, ceiling) if ceiling - weak > MIN_GAP else math.nan,
             "ci_low": low, "ci_high": high,
-            "n": float(n), "n_valid": float(replicates.numel())}
+            "n": float(n), "n_valid": float(replicates.size)}

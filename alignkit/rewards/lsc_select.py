@@ -39,7 +39,7 @@ from alignkit.data.records import Text
 from alignkit.data.synthetic import FAMILIES, make_synthetic
 from alignkit.data.synthetic.facts import Fact, contains_answer, lookup_fact, normalize, words
 from alignkit.rewards.base import check_lengths, preferences_from_rewards, prompt_text
-from alignkit.rewards.lsc import LSCReward, prompt_key, split_lsc_prefix
+from alignkit.rewards.lsc import lsc_transform, prompt_key, reference_point, split_lsc_prefix
 from alignkit.stats import bootstrap_mean
 
 # ------------------------------------------------------------------------------------------ the two objectives
@@ -146,21 +146,50 @@ def parse_selector(text: str) -> tuple[str, list[tuple[float, str]]]:
     return name.strip(), terms
 
 
-def build_term(spec: str, candidates: dict[str, list[str]], device=None, log=print):
-    """A reward source for ``spec``; an ``lsc:`` one takes r_ref(x) from the prompt's ``candidates``."""
+def term_rewards(specs: Sequence[str], prompts: Sequence[Text], groups: Sequence[Sequence[str]], device=None,
+                 log=print) -> dict[str, Tensor]:
+    """Each distinct spec's rewards of every candidate ([candidates], prompt by prompt), each source built and run
+    once: a check, a raw term and the body of an ``lsc:`` term naming the same reward share one scoring pass (a
+    reward model is loaded and run once per comparison, however many selectors use it).
+
+    An ``lsc:`` term is its body's rewards transformed, u = log σ(r − r_ref(x)), with r_ref(x) the quantile of r
+    over the prompt's candidates (those of its first row when a prompt repeats)."""
     from alignkit.rewards.sources import build_source
 
-    lsc, body = split_lsc_prefix(spec)
-    body = ALIASES.get(body, body)
-    inner = build_source({"type": "reward_model", "model": body} if Path(body).expanduser().is_dir() else body,
-                         device, log)
-    if lsc is None:
-        return inner
+    flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
+    flat_texts = [t for g in groups for t in g]
+    raw: dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {}
+    for spec in dict.fromkeys(specs):
+        lsc, body = split_lsc_prefix(spec)
+        body = ALIASES.get(body, body)
+        if body not in raw:
+            source = build_source({"type": "reward_model", "model": body} if Path(body).expanduser().is_dir()
+                                  else body, device, log)
+            if not callable(getattr(source, "rewards", None)):
+                raise ValueError(f"{spec!r} needs a scalar reward (a verifier or reward model), not "
+                                 f"{type(source).__name__}")
+            raw[body] = source.rewards(flat_prompts, flat_texts)
+        if lsc is None:
+            out[spec] = raw[body]
+        else:
+            r = raw[body].float()
+            out[spec] = lsc_transform(r, candidate_references(r, prompts, groups, lsc.get("quantile", 0.5)))
+    return out
 
-    def sampler(prompts: list[Text]) -> list[list[str]]:
-        return [candidates[prompt_key(p)] for p in prompts]
 
-    return LSCReward(inner, sampler, lsc.get("quantile", 0.5), name=body)
+def candidate_references(rewards: Tensor, prompts: Sequence[Text], groups: Sequence[Sequence[str]],
+                         quantile: float) -> Tensor:
+    """r_ref(x) of every candidate [candidates]: the ``quantile`` of ``rewards`` over its prompt's candidates."""
+    by_prompt: dict[str, float] = {}
+    out, start = [], 0
+    for prompt, group in zip(prompts, groups, strict=True):
+        key = prompt_key(prompt)
+        if key not in by_prompt:
+            by_prompt[key] = float(reference_point(rewards[start:start + len(group)], quantile))
+        out += [by_prompt[key]] * len(group)
+        start += len(group)
+    return torch.tensor(out, dtype=torch.float32)
 
 
 def pick(scores: Sequence[float], logps: Sequence[float | None]) -> int:
@@ -196,11 +225,10 @@ def compare_selection(rows: Sequence[dict[str, Any]], selectors: Sequence[str], 
     if not selectors or not checks:
         raise ValueError("give at least one selector (--select) and one check (--passes)")
     prompts, groups = _rows(rows, source)
-    flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
-    flat_texts = [c["text"] for g in groups for c in g]
-    candidates: dict[str, list[str]] = {}
-    for p, g in zip(prompts, groups, strict=True):
-        candidates.setdefault(prompt_key(p), [c["text"] for c in g])
+    parsed = [parse_selector(text) for text in selectors]
+    texts = [[c["text"] for c in g] for g in groups]
+    flat_texts = [t for g in texts for t in g]
+    rewards = term_rewards([*checks, *(spec for _, terms in parsed for _, spec in terms)], prompts, texts, device, log)
 
     def per_prompt(values: list[float]) -> list[list[float]]:
         out, start = [], 0
@@ -209,8 +237,7 @@ def compare_selection(rows: Sequence[dict[str, Any]], selectors: Sequence[str], 
             start += len(g)
         return out
 
-    check_pass = {spec: per_prompt([float(v > 0.5) for v in build_term(spec, candidates, device, log).rewards(
-        flat_prompts, flat_texts).tolist()]) for spec in checks}
+    check_pass = {spec: per_prompt([float(v > 0.5) for v in rewards[spec].tolist()]) for spec in checks}
     passes_all = [[all(check_pass[s][i][j] for s in checks) for j in range(len(g))] for i, g in enumerate(groups)]
     n_words = per_prompt([float(len(words(t))) for t in flat_texts])
 
@@ -227,11 +254,10 @@ def compare_selection(rows: Sequence[dict[str, Any]], selectors: Sequence[str], 
                            "any_candidate": {"pass_all": _ci(any_pass)}}
     report["selectors"], reference = {}, None
     logps = per_prompt([c.get("logp") for g in groups for c in g])
-    for text in selectors:
-        name, terms = parse_selector(text)
+    for text, (name, terms) in zip(selectors, parsed, strict=True):
         total = torch.zeros(len(flat_texts))
         for weight, spec in terms:
-            total += weight * build_term(spec, candidates, device, log).rewards(flat_prompts, flat_texts).float()
+            total += weight * rewards[spec].float()
         choice = [pick(s, lp) for s, lp in zip(per_prompt(total.tolist()), logps, strict=True)]
         result = outcome(choice)
         hit = result.pop("_hit")
@@ -248,5 +274,5 @@ def body_of(selector: str) -> str:
     return re.sub(r"\s+", "", selector.partition("=")[2])
 
 
-__all__ = ["ALIASES", "Brevity", "Brief", "Correct", "build_term", "compare_selection", "length_prompts",
-           "length_task", "parse_selector", "pick"]
+__all__ = ["ALIASES", "Brevity", "Brief", "Correct", "candidate_references", "compare_selection", "length_prompts",
+           "length_task", "parse_selector", "pick", "term_rewards"]

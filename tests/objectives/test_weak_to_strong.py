@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from alignkit.objectives.weak_to_strong import (
     pgr_bootstrap,
     xent_loss,
 )
+from alignkit.stats import resample_indices
 
 LOGITS = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [1.0, 3.0]])
 WEAK = torch.tensor([0.8, 0.2, 0.6, 0.9])  # weak P(positive = column 1)
@@ -90,3 +92,17 @@ def test_pgr_bootstrap_is_nan_when_the_ceiling_is_below_the_weak_model():
     out = pgr_bootstrap(weak, w2s, ceiling, n_boot=300, seed=0)
     assert math.isnan(out["pgr"])
     assert out["n_valid"] == 0  # the ceiling is right only where weak is: every replicate has gap <= 0, dropped
+
+
+def test_pgr_bootstrap_replicates_by_hand_on_two_examples():
+    # weak wrong on both, ceiling right on both, the student right on the first: every resample has gap 1 and
+    # PGR = the student's resampled accuracy, 0, 1/2 or 1 with chances 1/4, 1/2, 1/4, so the 95 % interval is [0, 1]
+    out = pgr_bootstrap(torch.tensor([0.0, 0]), torch.tensor([1.0, 0]), torch.tensor([1.0, 1]), n_boot=400, seed=3)
+    assert out["pgr"] == 0.5 and out["n_valid"] == 400 and (out["ci_low"], out["ci_high"]) == (0.0, 1.0)
+    # weak right on the second example only: a resample of the second twice has gap 0 and is dropped; every other
+    # has PGR 1 (the student and the ceiling are right on both). The resamples are alignkit.stats' seeded stream.
+    out = pgr_bootstrap(torch.tensor([0.0, 1]), torch.tensor([1.0, 1]), torch.tensor([1.0, 1]), n_boot=400, seed=3)
+    kept = sum(int((idx == 0).any(axis=1).sum()) for idx in resample_indices(2, 400, seed=3))
+    assert out["n_valid"] == kept and 250 < kept < 350
+    assert out["pgr"] == 1.0 and (out["ci_low"], out["ci_high"]) == (1.0, 1.0)
+    assert np.isnan(pgr_bootstrap(torch.tensor([1.0]), torch.tensor([1.0]), torch.tensor([1.0]), n_boot=50)["ci_low"])

@@ -20,6 +20,7 @@ from alignkit.rewards.lsc_select import (
     length_task,
     parse_selector,
     pick,
+    term_rewards,
 )
 
 CONCISE = "What is the capital of France? Be brief."
@@ -67,6 +68,26 @@ def test_lsc_sum_picks_the_response_passing_both_where_the_raw_sum_picks_the_sho
     # Down-weighting brevity fixes the raw sum here (1 − 0.5 > 0 − 0.125): the raw sum depends on the weights.
     weighted = compare_selection(rows, ["raw=correct+0.25*brevity"], ["correct", "brief"])
     assert weighted["selectors"]["raw"]["pass_all"]["mean"] == 1
+
+
+def test_each_reward_is_scored_once_and_shared_by_checks_raw_and_lsc_terms(monkeypatch):
+    calls = []
+    score = Correct.rewards
+
+    def counted(self, prompts, responses):
+        calls.append(len(responses))
+        return score(self, prompts, responses)
+
+    monkeypatch.setattr(Correct, "rewards", counted)
+    rows = [{"prompt": CONCISE, "candidates": [{"text": t} for t in TEXTS]}]
+    report = compare_selection(rows, ["raw=correct+brevity", "lsc=lsc:correct+lsc:brevity"], ["correct", "brief"])
+    assert calls == [4]  # one pass over the four candidates for the check, the raw term and lsc:correct's body
+    assert report["selectors"]["lsc"]["pass_all"]["mean"] == 1
+    # lsc:brevity by hand: brevity −6, −2, −0.5, −6.5 with the median −4 as r_ref; a repeated prompt keeps the
+    # reference of its first row
+    got = term_rewards(["lsc:brevity", "brevity"], [CONCISE, CONCISE], [TEXTS, TEXTS[1:3]])
+    assert got["brevity"].tolist() == [-6.0, -2.0, -0.5, -6.5, -2.0, -0.5]
+    assert got["lsc:brevity"].tolist() == pytest.approx([logsig(b + 4) for b in (-6, -2, -0.5, -6.5, -2, -0.5)])
 
 
 def test_with_two_binary_checks_both_sums_pick_a_response_passing_both():
