@@ -130,3 +130,22 @@ def test_config_errors():
         load_config(None, ["objectives=[{name: weak_to_strong, weak_fraction: 1}]"])
     with pytest.raises(ValueError, match="unknown parameter 'los'"):
         load_config(None, ["objectives=[{name: weak_to_strong, los: xent}]"])
+
+
+def test_layer_features_stop_early_and_equal_the_full_forwards_hidden_states(tokenizer):
+    model = tiny_llama(tokenizer)  # 2 decoder layers: hidden_states has 3 entries, the last one normed
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    batch = collate([(p, []) for p in prompts], tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+    mask = batch.attention_mask.unsqueeze(-1).float()
+    calls = []
+    handle = model.model.layers[1].register_forward_hook(lambda *args: calls.append(1))
+    for layer in (0, 1, 2):
+        expected = (full.hidden_states[layer] * mask).sum(1) / mask.sum(1)
+        got = w2s.layer_features(model, prompts, tokenizer.pad_token_id, layer, batch_size=2)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    handle.remove()
+    assert len(calls) == 2  # layer 1 is not run for layers 0 and 1, only for layer 2 (2 batches)
+    with pytest.raises(ValueError, match="weak_layer 3 does not exist"):
+        w2s.layer_features(model, prompts, tokenizer.pad_token_id, 3, batch_size=2)

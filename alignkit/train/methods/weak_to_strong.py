@@ -120,23 +120,57 @@ def synthetic_examples(pairs: list) -> list[tuple[str, bool]]:
             for p in pairs for response, good in ((p.chosen, True), (p.rejected, False))]
 
 
+class _EnoughLayers(Exception):
+    """Raised by a forward hook once the layer the probe reads has run: the layers above it are not needed."""
+
+    def __init__(self, hidden: Tensor):
+        self.hidden = hidden
+
+
+def _stop_after(model: nn.Module, layer: int):
+    """A hook handle that stops the forward with ``hidden_states[layer]`` (0 = embeddings, k = decoder layer k's
+    output), or None when the model's layout is unknown or ``layer`` is the last (whose state is normed)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if decoder is None or layers is None or not hasattr(decoder, "embed_tokens") or layer >= len(layers):
+        return None
+    module = decoder.embed_tokens if layer == 0 else layers[layer - 1]
+
+    def stop(_module, _inputs, output):
+        raise _EnoughLayers(output[0] if isinstance(output, tuple) else output)
+
+    return module.register_forward_hook(stop)
+
+
 @torch.no_grad()
 def layer_features(model: nn.Module, prompts: list[list[int]], pad_id: int, layer: int, batch_size: int) -> Tensor:
-    """[N, hidden] float32 CPU: hidden states of ``layer`` mean-pooled over each prompt's tokens (eval mode)."""
+    """[N, hidden] float32 CPU: hidden states of ``layer`` mean-pooled over each prompt's tokens (eval mode).
+    The forward stops once that layer has run (a probe on layer 1 of a 30-layer model costs two layers)."""
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
     chunks = []
+    hook = _stop_after(model, layer)
     try:
         for start in range(0, len(prompts), batch_size):
             batch = collate([(p, []) for p in prompts[start:start + batch_size]], pad_id).to(device)
-            hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           output_hidden_states=True).hidden_states
-            if layer >= len(hidden):
-                raise ValueError(f"weak_to_strong: weak_layer {layer} does not exist; the weak model has "
-                                 f"{len(hidden) - 1} layers")
+            if hook is not None:
+                try:
+                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                    raise RuntimeError("weak_to_strong: the forward ran past the probed layer's hook")
+                except _EnoughLayers as stopped:
+                    state = stopped.hidden
+            else:
+                hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               output_hidden_states=True).hidden_states
+                if layer >= len(hidden):
+                    raise ValueError(f"weak_to_strong: weak_layer {layer} does not exist; the weak model has "
+                                     f"{len(hidden) - 1} layers")
+                state = hidden[layer]
             mask = batch.attention_mask.unsqueeze(-1).float()
-            chunks.append(((hidden[layer].float() * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+            chunks.append(((state.float() * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
     finally:
+        if hook is not None:
+            hook.remove()
         model.train(was_training)
     return torch.cat(chunks)
 
