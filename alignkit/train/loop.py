@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
 from torch import nn
 from transformers import get_scheduler
 
@@ -116,15 +116,19 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop_after_st
         raise CheckpointError(f"resume requested but {out_dir / 'checkpoints'} holds no checkpoint (a run stopped "
                               "before its first save cannot be resumed); start it again without --resume "
                               "(with --overwrite if the directory holds its files)")
-    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              cpu=config.model.device == "cpu" or not torch.cuda.is_available(),
-                              log_with=config.report_to or None,
+    cpu = config.model.device == "cpu" or not torch.cuda.is_available()
+    handlers = []
+    if not torch.cuda.is_available() and deepspeed_launched():
+        # accelerate drops DeepSpeed when cpu=True; DeepSpeed's CPU accelerator runs its collectives over gloo
+        cpu, handlers = False, [InitProcessGroupKwargs(backend="gloo")]
+    accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps, cpu=cpu,
+                              log_with=config.report_to or None, kwargs_handlers=handlers,
                               project_dir=str(out_dir / "trackers"))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:  # N independent copies would all write the same directory
         raise RuntimeError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}; "
                            "check the launcher and `accelerate env`")
-    refuse_sharded_parameters(accelerator)
+    configure_deepspeed(accelerator, config)
     if not accelerator.is_main_process:
         log = _silent  # one process speaks for the run
     # Everything above only reads; from here on the directory is ours (an earlier run is refused or set aside).
@@ -142,16 +146,44 @@ def _silent(message: str) -> None:
     pass
 
 
-def refuse_sharded_parameters(accelerator: Accelerator) -> None:
-    """FSDP's shards are gathered by torch's distributed state-dict API for checkpoints, resume and
-    ``final/``; DeepSpeed ZeRO-3's are not (that API does not know DeepSpeed's engine), so the files would
-    hold shards. Stop before anything is written rather than save a broken model."""
+def deepspeed_launched() -> bool:
+    """``accelerate launch`` with a DeepSpeed config (or its environment variables set by hand under torchrun)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and "LOCAL_RANK" in os.environ
+
+
+def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
+    """Fill DeepSpeed's ``auto`` fields from the alignkit config and refuse settings the loop cannot honour,
+    before anything is written. DeepSpeed clips gradients and counts accumulation itself, so its values must
+    be the config's; ZeRO-3's ``zero3_init_flag`` would partition the model while it loads, but the loop
+    needs the whole model first (precomputed reference, frozen copy, LoRA) and partitions it in ``prepare``."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        raise ConfigError("DeepSpeed ZeRO-3 is not supported: alignkit's checkpoints and final/ do not gather its "
-                          "partitioned parameters. Shard with FSDP (examples/accelerate/fsdp_full_shard.yaml) or use "
-                          "ZeRO-2 (docs/scaling.md)")
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    if plugin.zero3_init_flag:
+        raise ConfigError("DeepSpeed zero3_init_flag: true partitions the model while it loads; alignkit needs it "
+                          "whole until accelerate prepares it. Set zero3_init_flag: false in the accelerate config "
+                          "(ACCELERATE_DEEPSPEED_ZERO3_INIT=false under torchrun)")
+    if plugin.zero_stage == 3 and config.gradient_accumulation_steps > 1:
+        # the log-prob engine calls the decoder and head itself, past DeepSpeed's engine forward, whose output
+        # hooks tell ZeRO-3 which backward ends the accumulation; without them each micro-batch's gradient
+        # replaces the last (measured on CPU with DeepSpeed 0.19.8; docs/scaling.md)
+        raise ConfigError("DeepSpeed ZeRO-3 with gradient_accumulation_steps > 1 is not supported: raise "
+                          "batch_size (or max_tokens_per_batch) instead, or use ZeRO-2")
+    expected = {"gradient_accumulation_steps": config.gradient_accumulation_steps,
+                "gradient_clipping": config.optim.max_grad_norm,
+                "train_micro_batch_size_per_gpu": config.batch_size}
+    for key, value in expected.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif float(ds[key]) != float(value) and key != "train_micro_batch_size_per_gpu":
+            raise ConfigError(f"DeepSpeed {key}: {ds[key]} differs from the alignkit config's {value}; set them "
+                              "equal (or 'auto' in the DeepSpeed config)")
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds["train_batch_size"] = (ds["train_micro_batch_size_per_gpu"] * config.gradient_accumulation_steps
+                                  * accelerator.num_processes)  # DeepSpeed checks the product
 
 
 def _run(config: TrainConfig, accelerator: Accelerator, method: Method, reference_mode: str, out_dir: Path,
@@ -162,9 +194,9 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
 
+    handed = model  # a model handed in (tests) has no name to load again for the unsharded twin
     if model is None:
-        model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=config.model.device,
-                                      trust_remote_code=config.model.trust_remote_code, log=log)
+        model, tokenizer = load_base(config, config.model.device, log)
     model.to(accelerator.device)
     train_items, eval_items = method.load(tokenizer, out_dir, log)
     if main:
@@ -189,12 +221,9 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
         eval_precomputed = PrecomputedReference.build(model, tokenizer, method.reference_rows(eval_items), **common)
     frozen = FrozenCopyReference(model, config.logprob_chunk_size, autocast_dtype) \
         if reference_mode == "copy" else None
-    if config.lora.enabled:
-        model = attach_lora(model, config)
-    reference = frozen or (AdapterDisabledReference(model, config.logprob_chunk_size, autocast_dtype)
+    lm, model = build_policy(model, config, method)  # before the optimizer and any checkpoint restore see it
+    reference = frozen or (AdapterDisabledReference(lm, config.logprob_chunk_size, autocast_dtype)
                            if reference_mode == "adapter" else None)
-
-    model = method.wrap_model(model)  # before the optimizer and any checkpoint restore see its parameters
     if config.activation_checkpointing:
         enable_activation_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -310,8 +339,8 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     final_dir = out_dir / "final"
     if parameters_sharded(model):  # gather every shard, then save an unsharded twin built the same way
         full = gather_full_model(model)
-        main_first(accelerator, lambda: save_final(plain_twin(config, method, full), tokenizer, config, final_dir,
-                                                   method))
+        main_first(accelerator, lambda: save_final(plain_twin(config, method, full, handed), tokenizer, config,
+                                                   final_dir, method))
     else:
         main_first(accelerator, lambda: save_final(accelerator.unwrap_model(model), tokenizer, config, final_dir,
                                                    method))
@@ -322,14 +351,33 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     return RunResult(out_dir, final_dir, accelerator.unwrap_model(model), state, last_metrics, eval_metrics)
 
 
-def plain_twin(config: TrainConfig, method: Method, full_state: dict[str, torch.Tensor]) -> nn.Module:
-    """An unsharded copy of the trained model on CPU, built as the run built it (base model, LoRA, the
-    method's wrapper) and given the gathered weights: what ``save_final`` needs under FSDP."""
-    twin, _ = load_model(config.model.name, dtype=config.model.dtype, device="cpu",
-                         trust_remote_code=config.model.trust_remote_code, log=_silent)
-    if config.lora.enabled:
-        twin = attach_lora(twin, config)
-    twin = method.wrap_model(twin)
+def load_base(config: TrainConfig, device: str, log: Callable[[str], None]):
+    """(starting model, tokenizer) as the config names them: the run and its unsharded twin load them alike."""
+    return load_model(config.model.name, dtype=config.model.dtype, device=device,
+                      trust_remote_code=config.model.trust_remote_code, log=log)
+
+
+def build_policy(base: nn.Module, config: TrainConfig, method: Method) -> tuple[nn.Module, nn.Module]:
+    """(the language model, with its LoRA adapter when enabled; the module to train, the method's wrapper
+    around it). The run and its unsharded twin for ``final/`` are both built here, so they cannot drift."""
+    lm = attach_lora(base, config) if config.lora.enabled else base
+    return lm, method.wrap_model(lm)
+
+
+def plain_twin(config: TrainConfig, method: Method, full_state: dict[str, torch.Tensor],
+               handed: nn.Module | None = None) -> nn.Module:
+    """An unsharded copy of the trained model on CPU, built as the run built it (``load_base``, then
+    ``build_policy``) and given the gathered weights: what ``save_final`` needs under FSDP or ZeRO-3. For a
+    model ``handed`` to ``train`` there is nothing to load: the twin's base is a fresh model of its class and
+    config (every weight is replaced by the gathered state anyway)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if handed is None:
+        twin, _ = load_base(config, "cpu", _silent)
+    else:  # FSDP2 swaps the class of a module it shards for an FSDP subclass: build the class it came from
+        architecture = next(c for c in type(handed).__mro__ if not issubclass(c, FSDPModule))
+        twin = architecture(handed.config).to(dtype=handed.dtype)
+    twin = build_policy(twin, config, method)[1]
     twin.load_state_dict(full_state)  # strict: a name the gathered state lacks is a bug, not a default
     return twin
 
@@ -354,8 +402,9 @@ def save_final(model: nn.Module, tokenizer, config: TrainConfig, final_dir: Path
 
 
 def _short(metrics: dict[str, float]) -> str:
-    keys = ["loss", "rewards/accuracies", "rewards/margins", "ranking/accuracy"]
-    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+    keys = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "ranking/accuracy") if k in metrics]
+    keys = keys or [k for k, v in metrics.items() if isinstance(v, (int, float))][:6]  # other methods' own metrics
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys)
 
 
 class RunLog:

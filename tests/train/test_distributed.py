@@ -149,23 +149,3 @@ def test_whole_set_evaluate_runs_on_the_main_process_and_equals_one_process(tmp_
     assert len(evals) == 3 and all("accuracy/joint" in n for _, n in evals)
     for m, n in evals:
         assert m["accuracy/joint"] == pytest.approx(n["accuracy/joint"], abs=1e-6)
-
-
-def test_zero3_is_refused_before_anything_is_written_and_fsdp_is_not():
-    from types import SimpleNamespace
-
-    from accelerate.utils import DistributedType
-
-    from alignkit.configs import ConfigError
-    from alignkit.train.loop import refuse_sharded_parameters
-
-    def accelerator(kind, fsdp=None, zero=None):
-        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(
-            fsdp_plugin=SimpleNamespace(sharding_strategy=fsdp), deepspeed_plugin=SimpleNamespace(zero_stage=zero)))
-
-    with pytest.raises(ConfigError, match="ZeRO-3 is not supported"):
-        refuse_sharded_parameters(accelerator(DistributedType.DEEPSPEED, zero=3))
-    for allowed in (accelerator(DistributedType.MULTI_CPU), accelerator(DistributedType.DEEPSPEED, zero=2),
-                    accelerator(DistributedType.FSDP, fsdp="ShardingStrategy.FULL_SHARD"),
-                    accelerator(DistributedType.FSDP, fsdp="ShardingStrategy.NO_SHARD")):
-        refuse_sharded_parameters(allowed)  # FSDP's shards are gathered (tests/train/test_sharded_checkpoint.py)
