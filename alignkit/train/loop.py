@@ -151,6 +151,16 @@ def deepspeed_launched() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and "LOCAL_RANK" in os.environ
 
 
+def begin_micro_batch(model: nn.Module) -> None:
+    """What DeepSpeed's engine ``forward`` does first, done here because the log-prob engine calls the decoder and
+    head directly and so bypasses it: ZeRO counts the previous micro-batch as done when the next one starts
+    (``clear_backward_seen_flag``). Without it ZeRO-3 treats every micro-batch as the first of its step, and each
+    one's gradient replaces the last instead of adding to it. A no-op for anything but a DeepSpeed engine."""
+    zero_optimizer = getattr(model, "optimizer", None) if type(model).__name__ == "DeepSpeedEngine" else None
+    if zero_optimizer is not None and hasattr(zero_optimizer, "clear_backward_seen_flag"):
+        zero_optimizer.clear_backward_seen_flag()
+
+
 def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
     """Fill DeepSpeed's ``auto`` fields from the alignkit config and refuse settings the loop cannot honour,
     before anything is written. DeepSpeed clips gradients and counts accumulation itself, so its values must
@@ -166,12 +176,6 @@ def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
         raise ConfigError("DeepSpeed zero3_init_flag: true partitions the model while it loads; alignkit needs it "
                           "whole until accelerate prepares it. Set zero3_init_flag: false in the accelerate config "
                           "(ACCELERATE_DEEPSPEED_ZERO3_INIT=false under torchrun)")
-    if plugin.zero_stage == 3 and config.gradient_accumulation_steps > 1:
-        # the log-prob engine calls the decoder and head itself, past DeepSpeed's engine forward, whose output
-        # hooks tell ZeRO-3 which backward ends the accumulation; without them each micro-batch's gradient
-        # replaces the last (measured on CPU with DeepSpeed 0.19.8; docs/scaling.md)
-        raise ConfigError("DeepSpeed ZeRO-3 with gradient_accumulation_steps > 1 is not supported: raise "
-                          "batch_size (or max_tokens_per_batch) instead, or use ZeRO-2")
     expected = {"gradient_accumulation_steps": config.gradient_accumulation_steps,
                 "gradient_clipping": config.optim.max_grad_norm,
                 "train_micro_batch_size_per_gpu": config.batch_size}
@@ -279,6 +283,7 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                 indices = next(batches)
                 examples += len(indices)
                 with accelerator.accumulate(model):
+                    begin_micro_batch(model)
                     out = method.step(ctx, train_items, indices, precomputed, state.objective_state,
                                       training=True)
                     loss, metrics = out.loss, out.metrics

@@ -52,7 +52,8 @@ def final_weights(run: Path) -> dict:
 
 CASES = {  # zero stage, overrides
     "zero2-copy-accumulation": (2, ["lora.enabled=false", "reference=copy", "gradient_accumulation_steps=2"]),
-    "zero3-precomputed": (3, ["lora.enabled=false", "reference=precomputed"]),
+    "zero3-precomputed-accumulation": (3, ["lora.enabled=false", "reference=precomputed",
+                                           "gradient_accumulation_steps=2"]),
     "zero3-lora-adapter": (3, ["lora.enabled=true", "reference=adapter"]),
 }
 
@@ -104,6 +105,4 @@ def test_deepspeed_config_is_filled_from_the_alignkit_config_and_conflicts_are_r
         configure_deepspeed(deepspeed_accelerator(2, gradient_clipping=1.0), config)
     with pytest.raises(ConfigError, match="zero3_init_flag: false"):
         configure_deepspeed(deepspeed_accelerator(3, init_flag=True), config)
-    with pytest.raises(ConfigError, match="ZeRO-3 with gradient_accumulation_steps > 1"):
-        configure_deepspeed(deepspeed_accelerator(3), config)
-    configure_deepspeed(deepspeed_accelerator(3), config.model_copy(update={"gradient_accumulation_steps": 1}))
+    configure_deepspeed(deepspeed_accelerator(3), config)  # ZeRO-3 with accumulation: begin_micro_batch
