@@ -284,8 +284,12 @@ def steer_report(model: nn.Module, tokenizer, steer: Steering | HeadSteering, it
             with torch.no_grad(), steering(model, steer, alpha):
                 logps, _ = last_token_forward(model, prompts, tokenizer.pad_token_id or 0, (), batch_size)
             scores = answer_scores(logps, held, letters)
+            by_keying = [[s["margin"] for s, item in zip(scores, held, strict=True) if (item.keyed > 0) == plus]
+                         for plus in (True, False)]
+            by_keying = [group for group in by_keying if group]
             rows.append({"trait": steer.trait, "alpha": alpha, "items": len(held),
                          "margin": sum(s["margin"] for s in scores) / len(scores),
+                         "keying_balanced_margin": sum(sum(g) / len(g) for g in by_keying) / len(by_keying),
                          "score": sum(s["score"] for s in scores) / len(scores),
                          "toward_pole": sum(s["margin"] > 0 for s in scores) / len(scores),
                          "per_item": [round(s["margin"], 4) for s in scores]})
@@ -296,12 +300,17 @@ def steer_report(model: nn.Module, tokenizer, steer: Steering | HeadSteering, it
 
 def searched_alpha(model: nn.Module, tokenizer, steer: Steering | HeadSteering, items: Sequence[TraitItem],
                    grid: Sequence[float] = ALPHAS, system: str | None = None) -> dict[str, Any]:
-    """PAS's α search, on the trait's training items: the grid point with the highest mean keyed margin of their
-    answers (:func:`~alignkit.decoding.steer_heads.search_alpha`), and the held-out answers at that α."""
+    """PAS's α search, on the trait's training items: the grid point with the highest keyed margin of their
+    answers (:func:`~alignkit.decoding.steer_heads.search_alpha`), and the held-out answers at that α.
+
+    The margin searched is balanced over keying (the mean of the ``+`` items' mean and the ``-`` items' mean): the
+    training items of the builtin questionnaire are 4 ``+`` and 3 ``-`` per trait, so a plain mean rewards an α
+    that only pushes every answer towards one letter (on SmolLM2's heads the plain search chose α = ±16 for that
+    reason, and the held-out margins fell). Balanced, a pure letter bias scores zero."""
     train = {r["alpha"]: r for r in steer_report(model, tokenizer, steer, items, grid, system, held_out=False)}
-    alpha, rows = search_alpha(lambda a: train[a]["margin"], list(train))
+    alpha, rows = search_alpha(lambda a: train[a]["keying_balanced_margin"], list(train))
     held = steer_report(model, tokenizer, steer, items, (alpha,), system)[0]
-    return {"alpha": alpha, "train_margin": train[alpha]["margin"], "grid": rows, "held_out": held}
+    return {"alpha": alpha, "train_margin": train[alpha]["keying_balanced_margin"], "grid": rows, "held_out": held}
 
 
 _FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {settings key: Steering}

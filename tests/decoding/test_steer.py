@@ -171,3 +171,30 @@ def test_cli_analyze_steer_writes_the_alpha_table(tmp_path, tiny_model, tokenize
     bad = CliRunner().invoke(app, ["generate", str(tmp_path / "tiny"), "--prompts", str(prompts), "--strategy",
                                    "steer", "--steer-trait", "t", "--steer-layers", "x", "--out", str(generated)])
     assert bad.exit_code == 2 and "--steer-layers expects comma-separated numbers" in bad.output
+
+
+def test_alpha_search_balances_keying_so_a_letter_bias_does_not_win(tmp_path, tiny_model, tokenizer, monkeypatch):
+    import alignkit.decoding.steer as steer_module
+
+    mixed = tmp_path / "mixed.jsonl"  # 5 "+" and 4 "-" items: a push towards one letter helps the "+" side more
+    mixed.write_text("".join(json.dumps({"trait": "t", "statement": s, "keyed": "+" if i < 5 else "-"}) + "\n"
+                             for i, s in enumerate(STATEMENTS)))
+    items = load_traits(mixed)
+    fit = fit_steering(tiny_model, tokenizer, items, "t")
+    row = steer_report(tiny_model, tokenizer, fit, items, alphas=(2.0,), held_out=False)[0]
+    train = trait_items(items, "t", held_out=False)
+    plus = [m for m, item in zip(row["per_item"], train, strict=True) if item.keyed > 0]
+    minus = [m for m, item in zip(row["per_item"], train, strict=True) if item.keyed < 0]
+    assert plus and minus
+    assert row["keying_balanced_margin"] == pytest.approx((sum(plus) / len(plus) + sum(minus) / len(minus)) / 2,
+                                                          abs=1e-3)  # per_item is rounded to 4 places
+
+    def fake_report(model, tok, steer, its, alphas, system=None, held_out=True):
+        # alpha 16: every answer pushed to "A" (+3 on "+" items, -3 on "-" items), plain mean > 0 with 4:3 keying;
+        # alpha 2: a small move towards the pole on both sides
+        table = {0.0: (0.0, 0.0), 2.0: (0.4, 0.2), 16.0: (1.4, 0.0)}
+        return [{"alpha": a, "margin": table[a][0], "keying_balanced_margin": table[a][1]} for a in alphas]
+
+    monkeypatch.setattr(steer_module, "steer_report", fake_report)
+    found = steer_module.searched_alpha(tiny_model, tokenizer, fit, items, grid=(0.0, 2.0, 16.0))
+    assert found["alpha"] == 2.0 and found["train_margin"] == pytest.approx(0.2)
