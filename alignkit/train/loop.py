@@ -30,6 +30,7 @@ from alignkit.train.batching import micro_batches
 from alignkit.train.checkpoint import (
     CheckpointError,
     TrainerState,
+    deepspeed_engine,
     gather_full_model,
     gather_training_state,
     latest_checkpoint,
@@ -156,9 +157,9 @@ def begin_micro_batch(model: nn.Module) -> None:
     head directly and so bypasses it: ZeRO counts the previous micro-batch as done when the next one starts
     (``clear_backward_seen_flag``). Without it ZeRO-3 treats every micro-batch as the first of its step, and each
     one's gradient replaces the last instead of adding to it. A no-op for anything but a DeepSpeed engine."""
-    zero_optimizer = getattr(model, "optimizer", None) if type(model).__name__ == "DeepSpeedEngine" else None
-    if zero_optimizer is not None and hasattr(zero_optimizer, "clear_backward_seen_flag"):
-        zero_optimizer.clear_backward_seen_flag()
+    engine = deepspeed_engine(model)
+    if engine is not None and hasattr(engine.optimizer, "clear_backward_seen_flag"):
+        engine.optimizer.clear_backward_seen_flag()
 
 
 def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
