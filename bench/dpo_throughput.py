@@ -64,6 +64,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "trl_fastest": ("trl", {"precompute_ref_log_probs": True, "gradient_checkpointing": False}),
     "alignkit_default": ("alignkit", {"overrides": []}),
     "alignkit_packed": ("alignkit", {"overrides": ["packing=true"]}),  # the default since 2026-11-25
+    # packed rows cut at the batch's longest group (the default until 2026-12-01; now one row per batch)
+    "alignkit_longest_rows": ("alignkit", {"overrides": ["pack_row_tokens=longest"]}),
+    # glibc's mmap threshold fixed at 4 MiB (freed blocks leave the process): measured 2026-12-01 as a default, 9%
+    # slower for 4% less memory, so not adopted (bench/README.md, run 6)
+    "alignkit_mmap_4m": ("alignkit", {"overrides": [], "env": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}),
     "alignkit_shared_prefix": ("alignkit", {"overrides": ["packing=false"]}),  # the default before
     "alignkit_padded": ("alignkit", {"overrides": ["layout=padded"]}),
     "alignkit_bf16": ("alignkit", {"overrides": ["bf16=true"]}),

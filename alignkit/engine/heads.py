@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.engine import segments
-from alignkit.engine.layouts import PackedBatch, SequenceBatch, attention_implementation
-from alignkit.engine.logprobs import segment_plan
+from alignkit.engine.layouts import PackedBatch, SequenceBatch
+from alignkit.engine.logprobs import packed_mask, segment_plan
 
 
 def last_token_positions(batch: SequenceBatch | PackedBatch) -> Tensor:
@@ -52,11 +52,8 @@ def hidden_at(decoder: nn.Module, batch: SequenceBatch | PackedBatch, positions:
     implementation, and its own position ids."""
     device = batch.input_ids.device
     if isinstance(batch, PackedBatch):
-        embeddings = decoder.get_input_embeddings() if hasattr(decoder, "get_input_embeddings") else None
-        weight = getattr(embeddings, "weight", None)
-        dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
-        mask = batch.attention_mask(attention_implementation(decoder) or "sdpa", dtype)
-        position_ids, plan = batch.position_ids, segment_plan(decoder, batch)
+        plan = segment_plan(decoder, batch)
+        mask, position_ids = packed_mask(decoder, batch, plan), batch.position_ids
     else:
         mask, position_ids, plan = batch.attention_mask, None, None
     autocast = torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()

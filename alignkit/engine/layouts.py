@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ from alignkit.engine.segments import SegmentPlan
 
 Group = tuple[list[int], list[list[int]]]  # prompt ids, response ids
 Rows = list[tuple[list[int], list[int]]]  # (prompt ids, response ids) per row
+RowTokens = int | Literal["all", "longest"] | None  # packed row capacity (see build_groups)
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -156,14 +158,18 @@ def _assign_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def build_groups(groups: Sequence[Group], pad_id: int, score_prompt: bool = False, pack: bool = False,
-                 row_tokens: int | None = None) -> PackedBatch:
+                 row_tokens: RowTokens = None) -> PackedBatch:
     """Lay out ``groups`` as shared-prefix rows; sequences are numbered group-major (group 0's responses,
-    then group 1's, ...). ``pack`` puts several groups in one row, up to ``row_tokens`` tokens per row
-    (default: the longest group, so no row is longer than without packing). ``score_prompt`` also scores
-    the prompt tokens (joint log-prob, as ``collate``); the first token of a row is never scored."""
+    then group 1's, ...). ``pack`` puts several groups in one row, up to ``row_tokens`` tokens per row: by
+    default (or ``"longest"``) the longest group, so no row is longer than without packing; ``"all"`` puts every
+    group in one row, no padding at all, for attention that runs per segment and so never builds the row's
+    T x T mask. ``score_prompt`` also scores the prompt tokens (joint log-prob, as ``collate``); the first
+    token of a row is never scored."""
     lengths = [group_length(g) for g in groups]
-    if pack:
-        placement = _assign_rows(lengths, row_tokens or max(lengths))
+    if pack and row_tokens == "all":
+        placement = [list(range(len(groups)))]
+    elif pack:
+        placement = _assign_rows(lengths, row_tokens if isinstance(row_tokens, int) else max(lengths))
     else:
         placement = [[i] for i in range(len(groups))]
     width = max(sum(lengths[i] for i in row) for row in placement)

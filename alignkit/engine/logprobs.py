@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.engine import segments
-from alignkit.engine.layouts import PackedBatch, SequenceBatch, attention_implementation, collate
+from alignkit.engine.layouts import PackedBatch, RowTokens, SequenceBatch, attention_implementation, collate
 
 
 @dataclass
@@ -98,17 +98,43 @@ def sequence_logps(
     return SequenceLogps(logps, tokens, logit_sums / tokens.clamp_min(1), token_logps)
 
 
-def segment_plan(model: nn.Module, batch: PackedBatch, attention: str = "auto") -> segments.SegmentPlan | None:
-    """The per-segment attention plan for ``batch`` (built once per batch, :meth:`PackedBatch.segment_plan`), or
-    None for the dense 4-D mask."""
+def uses_segments(model: nn.Module, attention: str = "auto") -> bool:
+    """Whether packed forwards of ``model`` run attention per segment (else they use the dense 4-D mask)."""
     if attention not in ("auto", "dense", "segments"):
         raise ValueError(f"attention must be auto, dense or segments, not {attention!r}")
     use = attention == "segments" or (attention == "auto" and segments.not_used_because(model) is None)
-    if not use or not batch.spans or attention_implementation(model) != "sdpa":
+    if not use or attention_implementation(model) != "sdpa":
+        return False
+    # a checkpointed layer's recompute runs in the backward, outside the forward's segments.segment_attention():
+    # per segment only when checkpointing re-enters it (segments.checkpoint_kwargs), else the dense mask
+    checkpointed = getattr(_unwrap(getattr(model, "module", model)), "is_gradient_checkpointing", False)
+    return not checkpointed or segments.recomputes_in_segments(model)
+
+
+def segment_plan(model: nn.Module, batch: PackedBatch, attention: str = "auto") -> segments.SegmentPlan | None:
+    """The per-segment attention plan for ``batch`` (built once per batch, :meth:`PackedBatch.segment_plan`), or
+    None for the dense 4-D mask."""
+    if not uses_segments(model, attention) or not batch.spans:
         return None
-    if getattr(_unwrap(getattr(model, "module", model)), "is_gradient_checkpointing", False):
-        return None  # the backward recomputes layers outside segments.segment_attention(): keep the dense mask
     return batch.segment_plan()
+
+
+def packing_capacity(model: nn.Module, configured: RowTokens = None) -> RowTokens:
+    """How many tokens a packed row of ``model``'s batches holds: ``configured`` when set; else every group in
+    one row when attention runs per segment (a longer row then costs nothing, and the padding that rows cut
+    at the longest group carry, a quarter of the positions on HH-RLHF batches of 4 pairs, goes), else the
+    longest group (the dense mask grows with the square of the row)."""
+    if configured is not None:
+        return configured
+    return "all" if uses_segments(model) else None
+
+
+def packed_mask(model: nn.Module, batch: PackedBatch, plan: segments.SegmentPlan | None) -> Tensor:
+    """The attention mask handed to the model for ``batch``: the dense 4-D mask in the convention of its
+    attention implementation, or, when ``plan`` runs attention per segment, a placeholder of that shape."""
+    if plan is not None:
+        return segments.placeholder_mask(batch.input_ids)
+    return batch.attention_mask(attention_implementation(model) or "sdpa", _embedding_dtype(model))
 
 
 def _packed_logps(model: nn.Module, batch: PackedBatch, chunk_size: int, autocast_dtype: torch.dtype | None,
@@ -118,9 +144,8 @@ def _packed_logps(model: nn.Module, batch: PackedBatch, chunk_size: int, autocas
         raise ValueError("return_token_logps needs a padded SequenceBatch (collate), not a PackedBatch")
     plan = None  # a caller's own mask is honoured as given
     if attention_mask is None:
-        implementation = attention_implementation(model) or "sdpa"
-        attention_mask = batch.attention_mask(implementation, _embedding_dtype(model))
         plan = segment_plan(model, batch, attention)
+        attention_mask = packed_mask(model, batch, plan)
     flat_lp, flat_logit = _score(model, batch.input_ids, attention_mask, batch.position_ids, batch.score_src,
                                  batch.score_target, chunk_size, autocast_dtype, plan)
     device, n = batch.input_ids.device, batch.num_sequences

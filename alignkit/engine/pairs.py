@@ -16,8 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from alignkit.engine.layouts import PackedBatch, SequenceBatch, build_groups, collate
-from alignkit.engine.logprobs import SequenceLogps, sequence_logps
+from alignkit.engine.layouts import PackedBatch, RowTokens, SequenceBatch, build_groups, collate
+from alignkit.engine.logprobs import SequenceLogps, packing_capacity, sequence_logps
 
 Layout = Literal["shared_prefix", "padded"]
 
@@ -54,7 +54,7 @@ class PairScores:
 
 
 def pair_batch(pairs: Sequence[PairRows], pad_id: int, layout: Layout = "shared_prefix", score_prompt: bool = False,
-               pack: bool = True, row_tokens: int | None = None, device: torch.device | None = None) -> PairBatch:
+               pack: bool = True, row_tokens: RowTokens = None, device: torch.device | None = None) -> PairBatch:
     """Lay ``pairs`` out as one batch. ``shared_prefix`` writes each prompt once with both responses (joint
     pairs with two prompts become two groups); ``padded`` writes one [prompt | response] row per side.
     The caller decides the layout (``alignkit.engine.exactness.layout_support`` says whether
@@ -130,7 +130,8 @@ def score_pairs(
     try:
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            laid_out = pair_batch([pairs[i] for i in idx], pad_id, layout, score_prompt, device=device)
+            laid_out = pair_batch([pairs[i] for i in idx], pad_id, layout, score_prompt,
+                                  row_tokens=packing_capacity(model), device=device)
             scores = score_pair_batch(model, laid_out, autocast_dtype=autocast_dtype)
             index = torch.tensor(idx)
             for row, value in enumerate((scores.chosen.logps, scores.rejected.logps, scores.chosen.tokens,

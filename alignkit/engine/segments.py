@@ -107,6 +107,14 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
     return torch.cat(rows, 0).transpose(1, 2).contiguous(), None
 
 
+def placeholder_mask(input_ids: Tensor) -> Tensor:
+    """What a forward with a plan hands transformers as its attention mask: transformers wants one, and passes
+    a 4-D mask to the layers untouched, but the layers' attention reads the plan. An all-True view of shape
+    [R, 1, T, T] that takes no memory, instead of the dense mask (T x T per row, quadratic in the row)."""
+    rows, width = input_ids.shape
+    return torch.ones((), dtype=torch.bool, device=input_ids.device).expand(rows, 1, width, width)
+
+
 def _register() -> None:
     """(Re-)register the function under NAME: a dict update, so whatever is current here is what runs."""
     from transformers import AttentionInterface
@@ -123,11 +131,19 @@ def _configs(model: nn.Module) -> list:
     return [config] if text is config else [config, text]
 
 
+def _tree_configs(model: nn.Module) -> list:
+    """The distinct configurations of ``model`` and every submodule (a sequence classifier built around a causal
+    LM's backbone holds a configuration of its own next to the backbone's)."""
+    found: dict[int, object] = {}
+    for module in [model, *model.modules()]:
+        for config in _configs(module):
+            found.setdefault(id(config), config)
+    return list(found.values())
+
+
 @contextmanager
-def segment_attention(model: nn.Module) -> Iterator[None]:
-    """Inside: the model's attention layers use :func:`segment_attention_forward` (sdpa models only)."""
+def _attention_set_to_segments(configs: list) -> Iterator[None]:
     _register()
-    configs = _configs(model)
     previous = [c._attn_implementation for c in configs]
     for config in configs:
         config._attn_implementation = NAME
@@ -138,7 +154,34 @@ def segment_attention(model: nn.Module) -> Iterator[None]:
             config._attn_implementation = value
 
 
+def segment_attention(model: nn.Module):
+    """Inside: the model's attention layers use :func:`segment_attention_forward` (sdpa models only)."""
+    return _attention_set_to_segments(_configs(model))
+
+
+def checkpoint_kwargs(model: nn.Module) -> dict:
+    """Keyword arguments for ``torch.utils.checkpoint`` (transformers' ``activation_checkpointing_kwargs``) under
+    which checkpointed layers of ``model`` may run attention per segment: non-reentrant, with the backward's
+    recompute inside per-segment attention's context (torch's ``context_fn``) for every configuration in the
+    model, so a layer called with a plan recomputes with that plan, and one called without (generation, padded
+    rows) with plain SDPA, as it ran."""
+    configs = _tree_configs(getattr(model, "module", model))
+    for config in configs:
+        _RECOMPUTES_IN_SEGMENTS[id(config)] = weakref.ref(config)
+    return {"use_reentrant": False, "context_fn": lambda: (nullcontext(), _attention_set_to_segments(configs))}
+
+
+def recomputes_in_segments(model: nn.Module) -> bool:
+    """Whether ``model``'s checkpointing was enabled with :func:`checkpoint_kwargs` (else its recompute would
+    run plain SDPA on the placeholder mask, so per-segment attention must not be used)."""
+    config = _config(model)
+    entry = _RECOMPUTES_IN_SEGMENTS.get(id(config)) if config is not None else None
+    return entry is not None and entry() is config
+
+
 # ---------------------------------------------------------------- which models use it
+
+_RECOMPUTES_IN_SEGMENTS: dict[int, weakref.ref] = {}  # id(config) -> config, see checkpoint_kwargs
 
 _PROBED: dict[int, tuple[weakref.ref, str | None]] = {}  # id(config) -> (config, reason it is not used or None)
 
@@ -176,9 +219,10 @@ def probe(model: nn.Module) -> str | None:
         outputs = []
         for current in (None, plan):
             context, extra = forward_context(model, current)
+            mask = batch.attention_mask("sdpa") if current is None else placeholder_mask(batch.input_ids)
             with context:
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask("sdpa"),
-                            position_ids=batch.position_ids, use_cache=False, **extra)
+                out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                            use_cache=False, **extra)
             outputs.append((out.logits if hasattr(out, "logits") else out.last_hidden_state)[real].float())
     except Exception as error:  # noqa: BLE001 - any failure means "not used", with the reason kept
         return f"the model rejected per-segment attention ({type(error).__name__}: {error})"

@@ -17,7 +17,7 @@ import torch
 
 from alignkit.engine.exactness import layout_support
 from alignkit.engine.layouts import Group, build_groups, collate
-from alignkit.engine.logprobs import sequence_logps
+from alignkit.engine.logprobs import packing_capacity, sequence_logps
 
 NORMALISATIONS = ("mean", "sum")
 
@@ -44,7 +44,7 @@ def group_logps(model, pad_id: int, groups: Sequence[Group], batch_size: int = 8
         for start in range(0, len(groups), batch_size):
             part = groups[start:start + batch_size]
             if shared:
-                batch = build_groups(part, pad_id, pack=True)
+                batch = build_groups(part, pad_id, pack=True, row_tokens=packing_capacity(model))
             else:  # sequences come out group-major either way
                 batch = collate([(prompt, r) for prompt, responses in part for r in responses], pad_id)
             scored = sequence_logps(model, batch.to(device))

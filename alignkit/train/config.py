@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -114,6 +114,9 @@ class TrainConfig(StrictModel):
     # Recompute each layer's activations in the backward pass instead of keeping them: less memory (exact,
     # same results), at the cost of a second forward through the layers.
     activation_checkpointing: bool = False
+    # with it on, checkpoint every n-th decoder layer only (1: all); the others keep their activations, which
+    # trades memory back for speed (2: about half the saving for half the recompute)
+    activation_checkpointing_every: int = Field(1, ge=1)
     seed: int = 0
     eval_every: int = Field(50, ge=0)  # 0 disables periodic eval (final eval still runs)
     save_every: int = Field(50, ge=0)  # 0: only the final model
@@ -127,7 +130,9 @@ class TrainConfig(StrictModel):
     # With shared_prefix, also pack several prompts' rows into one row (block-diagonal mask, rows no longer than
     # the longest group): no padding. Exact like shared_prefix; ignored by the padded layout.
     packing: bool = True
-    pack_row_tokens: int | None = Field(None, ge=1)  # packed row capacity; None: the longest group of a batch
+    # packed row capacity in tokens, "longest" (the batch's longest group) or "all" (one row per batch);
+    # None: "all" where attention runs per segment, else "longest" (alignkit.engine.logprobs.packing_capacity)
+    pack_row_tokens: Annotated[int, Field(ge=1)] | Literal["all", "longest"] | None = None
     max_tokens_per_batch: int | None = Field(None, ge=1)  # token-budget micro-batches instead of batch_size
     resume: bool = False
     # accelerate trackers written by the main process besides metrics.jsonl, e.g. [tensorboard] or [wandb]

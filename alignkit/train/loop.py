@@ -23,6 +23,7 @@ from transformers import get_scheduler
 
 from alignkit.configs import ConfigError
 from alignkit.engine.exactness import layout_support
+from alignkit.engine.segments import checkpoint_kwargs
 from alignkit.io import append_jsonl, atomic_directory, atomic_write_text
 from alignkit.models import load_model
 from alignkit.progress import TrainProgress, counted
@@ -77,16 +78,21 @@ def resolve_reference_mode(config: TrainConfig, method: Method) -> str:
     return mode
 
 
-def enable_activation_checkpointing(model: nn.Module) -> None:
-    """transformers' per-layer checkpointing, non-reentrant (works with frozen inputs, e.g. under LoRA)."""
+def enable_activation_checkpointing(model: nn.Module, every_n_layers: int = 1) -> None:
+    """transformers' per-layer checkpointing of every ``every_n_layers``-th layer, non-reentrant (works with
+    frozen inputs, e.g. under LoRA), with the recompute inside per-segment attention's context
+    (``alignkit.engine.segments.checkpoint_kwargs``)."""
+    kwargs = checkpoint_kwargs(model)
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
     if callable(enable):
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
         return
     enable = getattr(model, "gradient_checkpointing_enable", None)
     if not callable(enable):
         raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support it")
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if every_n_layers != 1:
+        raise ValueError("activation_checkpointing_every needs transformers >= 5 (every_n_layers)")
+    enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def attach_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -230,7 +236,7 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     reference = frozen or (AdapterDisabledReference(lm, config.logprob_chunk_size, autocast_dtype)
                            if reference_mode == "adapter" else None)
     if config.activation_checkpointing:
-        enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model, config.activation_checkpointing_every)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
     # the fused kernel: one pass over the parameters instead of foreach's temporaries (on SmolLM2's 135M

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from alignkit.engine.layouts import Group, PackedBatch, SequenceBatch, build_groups
-from alignkit.engine.logprobs import SequenceLogps, sequence_logps
+from alignkit.engine.logprobs import SequenceLogps, packing_capacity, sequence_logps
 from alignkit.io import atomic_write
 from alignkit.models.builtin import cache_root
 from alignkit.parallel import gather_in_order
@@ -176,7 +176,8 @@ class PrecomputedReference:
         with torch.no_grad(), ctx as advance:
             for k in mine:
                 part = rows[starts[k]:starts[k] + batch_size]
-                batch = (build_groups(_consecutive_groups(part), pad_id, score_prompt) if shared_prefix
+                batch = (build_groups(_consecutive_groups(part), pad_id, score_prompt, pack=True,
+                                      row_tokens=packing_capacity(model)) if shared_prefix
                          else collate(part, pad_id, score_prompt))
                 out = sequence_logps(model, batch.to(device), chunk_size, autocast_dtype)
                 values.append((out.logps.float().cpu().tolist(), out.tokens.float().cpu().tolist()))

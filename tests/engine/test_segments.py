@@ -133,3 +133,66 @@ def test_the_plan_is_built_once_per_batch_and_shared_by_its_forwards(monkeypatch
     torch.testing.assert_close(twice[1], fresh, atol=0, rtol=0)
     moved = batch.to(torch.device("cpu"))  # a new batch object builds its own
     assert moved.segment_plan() is not first and moved.segment_plan().rows == first.rows
+
+
+def test_one_row_packing_has_no_padding_and_equals_padded_rows_in_value_and_gradient():
+    """``row_tokens="all"``: every group in one row (no padding position at all), the same log-probs and
+    gradients as padded rows within 1e-5; the dense 4-D mask is never built (the layers read the plan)."""
+    model = gqa_llama()
+    data = groups(3)
+    batch = build_groups(data, 0, pack=True, row_tokens="all")
+    assert batch.input_ids.shape == (1, sum(len(p) + sum(map(len, rs)) for p, rs in data))
+    assert bool((batch.segment >= 0).all())
+    built = []
+    original = type(batch).attention_mask
+    batch.attention_mask = lambda *a, **k: built.append(a) or original(batch, *a, **k)
+    grads = {}
+    for name in ("padded", "one_row"):
+        model.zero_grad()
+        rows = collate([(p, r) for p, rs in data for r in rs], 0) if name == "padded" else batch
+        out = sequence_logps(model, rows, attention="segments" if name == "one_row" else "auto").logps
+        out.sum().backward()
+        grads[name] = (out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert built == []
+    torch.testing.assert_close(grads["one_row"][0], grads["padded"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads["one_row"][1], grads["padded"][1], atol=1e-5, rtol=0)
+
+
+def test_packing_capacity_is_one_row_only_where_attention_runs_per_segment(monkeypatch):
+    """One row per batch needs per-segment attention (a dense mask grows with the square of the row):
+    a configured capacity wins, checkpointed, eager or ``ALIGNKIT_ATTENTION=dense`` models keep the longest
+    group."""
+    from alignkit.engine.logprobs import packing_capacity
+
+    assert packing_capacity(gqa_llama()) == "all"
+    assert packing_capacity(gqa_llama(), 64) == 64
+    assert packing_capacity(gqa_llama("eager")) is None
+    checkpointed = gqa_llama()
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert packing_capacity(checkpointed) is None
+    monkeypatch.setenv("ALIGNKIT_ATTENTION", "dense")
+    assert packing_capacity(gqa_llama()) is None
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_checkpointing_enabled_by_the_loop_recomputes_per_segment_with_the_dense_gradients(every):
+    """The loop's checkpointing (recompute inside the per-segment context) keeps the plan, and one row per
+    batch, and its gradients equal those of the dense mask without checkpointing; checkpointing enabled any
+    other way keeps the dense mask (its recompute would run plain SDPA on the placeholder mask)."""
+    from alignkit.engine.logprobs import packing_capacity
+    from alignkit.train.loop import enable_activation_checkpointing
+
+    batch = build_groups(groups(4), 0, pack=True, row_tokens="all")
+    grads = {}
+    for name in ("dense", "checkpointed"):
+        model = gqa_llama()
+        model.train()
+        if name == "checkpointed":
+            enable_activation_checkpointing(model, every_n_layers=every)
+            assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, every == 1]
+            assert packing_capacity(model) == "all" and segment_plan(model, batch) is not None
+        out = sequence_logps(model, batch, attention="auto" if name == "checkpointed" else "dense").logps
+        out.sum().backward()
+        grads[name] = (out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads["checkpointed"][0], grads["dense"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads["checkpointed"][1], grads["dense"][1], atol=1e-5, rtol=0)

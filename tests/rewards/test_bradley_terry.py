@@ -63,8 +63,13 @@ def test_params_are_checked_when_the_config_loads(tmp_path):
 
 
 @pytest.mark.parametrize("layout,packing", [("shared_prefix", True), ("shared_prefix", False), ("padded", False)])
-def test_rewards_equal_the_classifiers_forward(tmp_path, tokenizer, layout, packing):
-    """One forward over [prompt | chosen | rejected] rows gives what the classifier gives each full sequence."""
+def test_rewards_equal_the_classifiers_forward(tmp_path, tokenizer, layout, packing, monkeypatch):
+    """One forward over [prompt | chosen | rejected] rows gives what the classifier gives each full sequence;
+    packed, all pairs go in one row without padding (the decoder runs attention per segment)."""
+    from alignkit.train.methods import reward_model
+
+    fed = []
+    monkeypatch.setattr(reward_model, "pair_batch", lambda *a, **k: fed.append(pair_batch(*a, **k)) or fed[-1])
     method = build_method(make_config(tmp_path, f"layout={layout}", f"packing={str(packing).lower()}"))
     items, _ = method.load(tokenizer, tmp_path, lambda m: None)
     classifier = method.wrap_model(tiny_llama(tokenizer)).eval()
@@ -78,11 +83,39 @@ def test_rewards_equal_the_classifiers_forward(tmp_path, tokenizer, layout, pack
         batch = collate(rows, tokenizer.pad_token_id)
         expected = classifier(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, 0]
     assert rewards.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    if packing:
+        assert fed[-1].batch.input_ids.shape[0] == 1 and bool((fed[-1].batch.segment >= 0).all())
     laid_out = pair_batch([score_rows(items[i].prompt, items[i].chosen, items[i].rejected, tokenizer.pad_token_id)
                            for i in indices], tokenizer.pad_token_id, layout, pack=packing)
     if layout == "shared_prefix":  # the prompt is fed once per pair
         assert laid_out.num_tokens == sum(len(items[i].prompt) + len(items[i].chosen) + len(items[i].rejected)
                                           for i in indices)
+
+
+def test_checkpointed_reward_model_keeps_one_row_and_the_unchecked_gradients(tmp_path, tokenizer, monkeypatch):
+    """The classifier holds a configuration of its own next to its backbone's: checkpointing enabled by the loop
+    must switch both for the recompute, so the checkpointed model keeps per-segment attention (one row) and
+    its rewards and gradients equal the unchecked model's."""
+    from alignkit.train.loop import enable_activation_checkpointing
+    from alignkit.train.methods import reward_model
+
+    fed = []
+    monkeypatch.setattr(reward_model, "pair_batch", lambda *a, **k: fed.append(pair_batch(*a, **k)) or fed[-1])
+    method = build_method(make_config(tmp_path))
+    items, _ = method.load(tokenizer, tmp_path, lambda m: None)
+    results = {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        classifier = method.wrap_model(tiny_llama(tokenizer)).train()
+        if checkpointed:
+            enable_activation_checkpointing(classifier)
+        ctx = BatchContext(classifier, None, tokenizer.pad_token_id, 1024, None, torch.device("cpu"), tokenizer)
+        rewards, _ = method.rewards(ctx, items, list(range(6)))
+        (rewards * torch.arange(1.0, 13.0)).sum().backward()
+        assert fed[-1].batch.input_ids.shape[0] == 1
+        results[checkpointed] = (rewards.detach(), torch.cat([p.grad.flatten() for p in classifier.parameters()]))
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(results[True][1], results[False][1], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("lora", [False, True])

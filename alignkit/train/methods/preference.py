@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from alignkit.engine.exactness import layout_support
 from alignkit.engine.layouts import Group, PackedBatch, attention_implementation, build_groups, collate
-from alignkit.engine.logprobs import sequence_logps
+from alignkit.engine.logprobs import packing_capacity, sequence_logps
 from alignkit.engine.pairs import Layout, PairRows, pair_batch, score_pair_batch, split_scores
 from alignkit.objectives import PairLogps, UnpairedLogps, get_objective
 from alignkit.objectives.base import ObjectiveSpec
@@ -166,16 +166,16 @@ class PreferenceMethod(Method):
 
     def _packed(self, groups: list[Group], ctx: BatchContext) -> PackedBatch:
         return build_groups(groups, ctx.pad_id, self.score_prompt, pack=self.config.packing,
-                            row_tokens=self.config.pack_row_tokens).to(ctx.device)
+                            row_tokens=packing_capacity(ctx.model, self.config.pack_row_tokens)).to(ctx.device)
 
     def pair_logps(self, ctx: BatchContext, items: list, indices: list[int], precomputed
                    ) -> tuple[PairLogps, int]:
         """Chosen and rejected go through one forward pass (``alignkit.engine.pairs``): as [prompt | chosen |
         rejected] rows sharing the prompt (default), or as padded [prompt | response] rows; the live reference
         scores the very same laid-out batch."""
+        capacity = packing_capacity(ctx.model, self.config.pack_row_tokens)
         laid_out = pair_batch([self.pair_rows(items[i]) for i in indices], ctx.pad_id, self.layout(ctx),
-                              self.score_prompt, pack=self.config.packing, row_tokens=self.config.pack_row_tokens,
-                              device=ctx.device)
+                              self.score_prompt, pack=self.config.packing, row_tokens=capacity, device=ctx.device)
         out = score_pair_batch(ctx.model, laid_out, ctx.chunk_size, ctx.autocast_dtype)
         ref_c = ref_r = None
         if precomputed is not None:

@@ -44,6 +44,7 @@ from alignkit.data.records import PreferencePair
 from alignkit.data.tokenize import PromptEncoder, encode_pair
 from alignkit.engine.exactness import layout_support
 from alignkit.engine.heads import hidden_at, last_token_positions
+from alignkit.engine.logprobs import packing_capacity
 from alignkit.engine.pairs import Layout, PairRows, pair_batch
 from alignkit.objectives.bradley_terry import bradley_terry_loss
 from alignkit.objectives.params import Params
@@ -217,9 +218,9 @@ class BradleyTerryMethod(Method):
         """[2B] rewards, chosen then rejected, from one forward; and the tokens fed."""
         assert self.pad_id is not None
         rows = [score_rows(items[i].prompt, items[i].chosen, items[i].rejected, self.pad_id) for i in indices]
+        decoder, head = score_module(ctx.model)  # the decoder runs the layout (the classifier pools the padded way)
         laid_out = pair_batch(rows, ctx.pad_id, self.layout, pack=self.config.packing,
-                              row_tokens=self.config.pack_row_tokens, device=ctx.device)
-        decoder, head = score_module(ctx.model)
+                              row_tokens=packing_capacity(decoder, self.config.pack_row_tokens), device=ctx.device)
         hidden = hidden_at(decoder, laid_out.batch, last_token_positions(laid_out.batch), ctx.autocast_dtype)
         # the head in its own dtype (the hidden states are bf16 under autocast)
         rewards = head(hidden.to(next(head.parameters()).dtype)).squeeze(-1).float()
