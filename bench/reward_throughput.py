@@ -47,6 +47,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     # every second decoder layer checkpointed: half the recompute for about half the activation saving
     "alignkit_checkpointed_every2": ("alignkit", {"overrides": ["activation_checkpointing=true",
                                                                 "activation_checkpointing_every=2"]}),
+    "alignkit_checkpointed_every3": ("alignkit", {"overrides": ["activation_checkpointing=true",
+                                                                "activation_checkpointing_every=3"]}),
     "alignkit_checkpointed_dense": ("alignkit", {"overrides": ["activation_checkpointing=true"],
                                                  "env": {"ALIGNKIT_ATTENTION": "dense"}}),
     "alignkit_padded": ("alignkit", {"overrides": ["layout=padded"]}),
