@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -135,7 +135,7 @@ def _tree_configs(model: nn.Module) -> list:
     """The distinct configurations of ``model`` and every submodule (a sequence classifier built around a causal
     LM's backbone holds a configuration of its own next to the backbone's)."""
     found: dict[int, object] = {}
-    for module in [model, *model.modules()]:
+    for module in model.modules():  # model itself first
         for config in _configs(module):
             found.setdefault(id(config), config)
     return list(found.values())
@@ -154,7 +154,7 @@ def _attention_set_to_segments(configs: list) -> Iterator[None]:
             config._attn_implementation = value
 
 
-def segment_attention(model: nn.Module):
+def segment_attention(model: nn.Module) -> AbstractContextManager[None]:
     """Inside: the model's attention layers use :func:`segment_attention_forward` (sdpa models only)."""
     return _attention_set_to_segments(_configs(model))
 

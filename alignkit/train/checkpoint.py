@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,6 @@ GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)  # full tensor
 
 def deepspeed_engine(model: nn.Module):
     """The DeepSpeed engine ``model`` is, or None (without importing DeepSpeed when nothing loaded it)."""
-    import sys
-
     engine_class = getattr(sys.modules.get("deepspeed"), "DeepSpeedEngine", None)
     return model if engine_class is not None and isinstance(model, engine_class) else None
 
