@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,18 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                                                 "activation_checkpointing_every=2"]}),
     "alignkit_checkpointed_every3": ("alignkit", {"overrides": ["activation_checkpointing=true",
                                                                 "activation_checkpointing_every=3"]}),
+    # selective checkpointing (alignkit.train.recompute): layers keep only matmul and attention outputs and recompute
+    # norms, rotary embeddings, SiLU and residual adds; alone, or on the layers every-n full checkpointing leaves
+    "alignkit_selective": ("alignkit", {"overrides": ["selective_checkpointing=true"]}),
+    "alignkit_checkpointed_every2_selective": ("alignkit", {"overrides": [
+        "activation_checkpointing=true", "activation_checkpointing_every=2", "selective_checkpointing=true"]}),
+    "alignkit_checkpointed_every3_selective": ("alignkit", {"overrides": [
+        "activation_checkpointing=true", "activation_checkpointing_every=3", "selective_checkpointing=true"]}),
+    "alignkit_checkpointed_every4_selective": ("alignkit", {"overrides": [
+        "activation_checkpointing=true", "activation_checkpointing_every=4", "selective_checkpointing=true"]}),
+    # one glibc malloc arena for every thread (glibc's default allows 8 per core): tried on 2026-12-01
+    "alignkit_selective_arena1": ("alignkit", {"overrides": ["selective_checkpointing=true"],
+                                               "env": {"MALLOC_ARENA_MAX": "1"}}),
     "alignkit_checkpointed_dense": ("alignkit", {"overrides": ["activation_checkpointing=true"],
                                                  "env": {"ALIGNKIT_ATTENTION": "dense"}}),
     "alignkit_padded": ("alignkit", {"overrides": ["layout=padded"]}),
@@ -263,9 +276,24 @@ def summarise(name: str, result: dict, data: dict, args: argparse.Namespace, pea
     }
 
 
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """One row for a config run in several rounds: the medians of pairs/s and peak RSS, every round's figures
+    beside them (losses are the same in every round: same ids, same seed)."""
+    row = dict(rounds[0])
+    for key in ("pairs_per_s", "pairs_per_cpu_s", "peak_rss_mb", "useful_model_flops_per_s",
+                "useful_fraction_of_matmul_peak"):
+        row[key] = statistics.median(r[key] for r in rounds)
+    row["rounds"] = [{key: r[key] for key in ("pairs_per_s", "pairs_per_cpu_s", "peak_rss_mb", "step_seconds")}
+                     for r in rounds]
+    return row
+
+
 def compare(rows: dict[str, dict], reference: str) -> None:
     base = rows[reference]
     for row in rows.values():
+        for key in ("pairs_per_s", "peak_rss_mb"):  # paired within each round: both ran minutes apart
+            row[f"rounds_{key}_vs_{reference}"] = [r[key] / b[key] for r, b in zip(
+                row.get("rounds", [row]), base.get("rounds", [base]), strict=True)]
         row["max_abs_loss_diff_vs_" + reference] = max(abs(a - b) for a, b in zip(row["losses"], base["losses"],
                                                                                  strict=True))
         row["max_abs_accuracy_diff_vs_" + reference] = max(
@@ -313,6 +341,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "reward_throughput.json"))
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help=f"from {', '.join(CONFIGS)}; an alignkit config must come before any TRL one")
+    parser.add_argument("--rounds", type=int, default=1, help="run the configs this many times in turn; report "
+                        "medians (TRL's own pairs/s moved 0.267-0.315 between runs on one host)")
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
@@ -327,12 +357,15 @@ def main() -> None:
     (work / "data.json").write_text(json.dumps(data))
     peak = matmul_peak(args.threads)["fp32"]
     print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
-    results: dict[str, dict] = {}
-    for name in names:
-        start = time.perf_counter()
-        results[name] = row = summarise(name, run_config(args, work, name), data, args, peak)
-        print(f"{name}: {row['pairs_per_s']:.3f} pairs/s, {row['pairs_per_cpu_s']:.4f} pairs/cpu-s, peak RSS "
-              f"{row['peak_rss_mb']:.0f} MB ({time.perf_counter() - start:.0f} s)", flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_index in range(args.rounds):  # configs alternate, so a slow spell of the host hits each of them
+        for name in names:
+            start = time.perf_counter()
+            runs[name].append(row := summarise(name, run_config(args, work, name), data, args, peak))
+            print(f"[round {round_index + 1}/{args.rounds}] {name}: {row['pairs_per_s']:.3f} pairs/s, "
+                  f"{row['pairs_per_cpu_s']:.4f} pairs/cpu-s, peak RSS {row['peak_rss_mb']:.0f} MB "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    results = {name: median_of_rounds(rounds) for name, rounds in runs.items()}
     reference = next((n for n in names if n.startswith("trl_default")), names[-1])
     compare(results, reference)
     ours = next(n for n in names if n.startswith("alignkit"))
@@ -344,8 +377,8 @@ def main() -> None:
         "setup": {"model": "builtin smollm2-135m-instruct as AutoModelForSequenceClassification (num_labels=1)",
                   "objective": "bradley_terry", "pairs": data["pairs"], "batch_size": args.batch_size,
                   "max_length": args.max_length, "longest_side_tokens": data["longest_side"], "lr": args.lr,
-                  "warmup_steps": args.warmup, "measured_steps": args.steps, "schedule": "constant",
-                  "precision": "fp32", "unique_tokens_per_step": data["tokens_per_step"],
+                  "warmup_steps": args.warmup, "measured_steps": args.steps, "rounds": args.rounds,
+                  "schedule": "constant", "precision": "fp32", "unique_tokens_per_step": data["tokens_per_step"],
                   "trl_padded_tokens_per_step": data["padded_tokens_per_step"]},
         "targets": {"pairs_per_s_ratio": {"target": ">= 3", "measured": speed, "met": speed >= 3},
                     "peak_rss_ratio": {"target": "<= 0.7", "measured": memory, "met": memory <= 0.7},

@@ -3,7 +3,8 @@
 It knows nothing of objectives. Given rows of (prompt ids, response ids) it runs one forward pass and
 returns, per row, the summed log-prob of the response tokens, their count and the mean logit (a TRL
 metric). The vocabulary projection is applied only at response positions, in chunks, with
-``logsumexp`` + ``gather``; the full [batch, time, vocab] logits tensor is never built.
+``gather - logsumexp`` (:func:`token_logps`, whose backward works in place); the full [batch, time, vocab] logits
+tensor is never built.
 
 Rows come padded (``collate``: one (prompt, response) per row) or in the shared-prefix / packed layouts
 of ``alignkit.engine.layouts`` (one prompt with several responses per row, several groups per row), which
@@ -107,7 +108,10 @@ def uses_segments(model: nn.Module, attention: str = "auto") -> bool:
         return False
     # a checkpointed layer's recompute runs in the backward, outside the forward's segments.segment_attention():
     # per segment only when checkpointing re-enters it (segments.checkpoint_kwargs), else the dense mask
-    checkpointed = getattr(_unwrap(getattr(model, "module", model)), "is_gradient_checkpointing", False)
+    inner = _unwrap(getattr(model, "module", model))
+    checkpointed = getattr(inner, "is_activation_checkpointing", None)  # transformers >= 5 name
+    if checkpointed is None:
+        checkpointed = getattr(inner, "is_gradient_checkpointing", False)
     return not checkpointed or segments.recomputes_in_segments(model)
 
 
@@ -188,12 +192,47 @@ def _score(model: nn.Module, input_ids: Tensor, mask: Tensor, position_ids: Tens
         with autocast:
             chunk_logits = head(part) if head is not None else part
         chunk_logits = chunk_logits.float()
-        picked = chunk_logits.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1)
-        token_lp_chunks.append(picked - chunk_logits.logsumexp(-1))
         logit_mean_chunks.append(chunk_logits.detach().mean(-1))
+        token_lp_chunks.append(token_logps(chunk_logits, targets[start:start + chunk_size]))
     flat_lp = torch.cat(token_lp_chunks) if token_lp_chunks else selected.new_zeros(0, dtype=torch.float32)
     flat_logit = torch.cat(logit_mean_chunks) if logit_mean_chunks else flat_lp.detach()
     return flat_lp, flat_logit
+
+
+def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """[M] ``log_softmax(logits)[m, targets[m]]`` for float32 ``logits`` [M, V] that nothing else reads after this
+    call (its backward overwrites them)."""
+    return _TokenLogps.apply(logits, targets)
+
+
+class _TokenLogps(torch.autograd.Function):
+    """The log-prob of each row's target: ``logits[target] - logsumexp(logits)``.
+
+    Written out because the plain ops allocate a fresh [M, V] tensor at every step of the backward (logsumexp's
+    shift, exp and product, gather's scatter, their sum): over a 49k vocabulary that is ~120 MB each per 600
+    response tokens, seven or so per step, each first-touched page by page. Here the backward turns the logits it
+    saved into the gradient in place, ``(onehot - softmax) * grad``, and the forward's logsumexp runs in row
+    blocks whose temporaries the allocator reuses. Same values as the plain ops up to float reordering."""
+
+    ROWS = 64  # logsumexp row block: 64 x 49k floats = 12.6 MB of temporaries
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        lse = torch.cat([block.logsumexp(-1) for block in logits.split(_TokenLogps.ROWS)]) if len(logits) else (
+            logits.new_zeros(0))
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.spent = False
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if ctx.spent:
+            raise RuntimeError("token log-probs can be back-propagated once (the backward reuses their logits)")
+        ctx.spent = True
+        logits, targets, lse = ctx.saved_tensors
+        gradient = logits.sub_(lse[:, None]).exp_().mul_(-grad[:, None])  # -softmax * grad, in place
+        gradient.scatter_add_(-1, targets[:, None], grad[:, None])  # + onehot * grad
+        return gradient, None
 
 
 @dataclass

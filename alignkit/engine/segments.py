@@ -91,20 +91,23 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
                                       **kwargs)
     rows = []
     for r, calls in enumerate(segment_plan.rows):
-        parts = []
+        query_r, key_r, value_r = query[r:r + 1], key[r:r + 1], value[r:r + 1]  # few ops: each is replayed
+        parts = []  # by selective checkpointing's dispatch mode
         for q0, q1, p0, p1 in calls:
-            q = query[r:r + 1, :, q0:q1]
+            q = query_r.narrow(2, q0, q1 - q0)
             if p0 == p1:
-                parts.append(_sdpa(q, key[r:r + 1, :, q0:q1], value[r:r + 1, :, q0:q1], None, dropout, scaling))
+                parts.append(_sdpa(q, key_r.narrow(2, q0, q1 - q0), value_r.narrow(2, q0, q1 - q0), None, dropout,
+                                   scaling))
             else:
-                k = torch.cat([key[r:r + 1, :, p0:p1], key[r:r + 1, :, q0:q1]], 2)
-                v = torch.cat([value[r:r + 1, :, p0:p1], value[r:r + 1, :, q0:q1]], 2)
+                k = torch.cat([key_r.narrow(2, p0, p1 - p0), key_r.narrow(2, q0, q1 - q0)], 2)
+                v = torch.cat([value_r.narrow(2, p0, p1 - p0), value_r.narrow(2, q0, q1 - q0)], 2)
                 parts.append(_sdpa(q, k, v, segment_plan.mask(p1 - p0, q1 - q0, query.device), dropout, scaling))
         used = calls[-1][1] if calls else 0
         if used < segment_plan.width:
             parts.append(query.new_zeros(1, query.shape[1], segment_plan.width - used, query.shape[3]))
-        rows.append(torch.cat(parts, 2))
-    return torch.cat(rows, 0).transpose(1, 2).contiguous(), None
+        rows.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])
+    out = torch.cat(rows, 0) if len(rows) > 1 else rows[0]
+    return out.transpose(1, 2).contiguous(), None
 
 
 def placeholder_mask(input_ids: Tensor) -> Tensor:

@@ -23,7 +23,6 @@ from transformers import get_scheduler
 
 from alignkit.configs import ConfigError
 from alignkit.engine.exactness import layout_support
-from alignkit.engine.segments import checkpoint_kwargs
 from alignkit.io import append_jsonl, atomic_directory, atomic_write_text
 from alignkit.models import load_model
 from alignkit.progress import TrainProgress, counted
@@ -43,6 +42,7 @@ from alignkit.train.checkpoint import (
 from alignkit.train.config import TrainConfig, dump_config
 from alignkit.train.distributed import main_first, reduce_metrics, sharded_evaluate
 from alignkit.train.methods import BatchContext, Method, build_method
+from alignkit.train.recompute import enable_activation_checkpointing
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
 from alignkit.train.rundir import ReplacedRun, claim, truncate_metrics
 
@@ -76,23 +76,6 @@ def resolve_reference_mode(config: TrainConfig, method: Method) -> str:
     if mode == "auto":
         return "adapter" if config.lora.enabled else "copy"
     return mode
-
-
-def enable_activation_checkpointing(model: nn.Module, every_n_layers: int = 1) -> None:
-    """transformers' per-layer checkpointing of every ``every_n_layers``-th layer, non-reentrant (works with
-    frozen inputs, e.g. under LoRA), with the recompute inside per-segment attention's context
-    (``alignkit.engine.segments.checkpoint_kwargs``)."""
-    kwargs = checkpoint_kwargs(model)
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
-    if callable(enable):
-        enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
-        return
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if not callable(enable):
-        raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support it")
-    if every_n_layers != 1:
-        raise ValueError("activation_checkpointing_every needs transformers >= 5 (every_n_layers)")
-    enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def attach_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -235,8 +218,8 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
     lm, model = build_policy(model, config, method)  # before the optimizer and any checkpoint restore see it
     reference = frozen or (AdapterDisabledReference(lm, config.logprob_chunk_size, autocast_dtype)
                            if reference_mode == "adapter" else None)
-    if config.activation_checkpointing:
-        enable_activation_checkpointing(model, config.activation_checkpointing_every)
+    enable_activation_checkpointing(model, config.activation_checkpointing_every, full=config.activation_checkpointing,
+                                    selective=config.selective_checkpointing)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
     # the fused kernel: one pass over the parameters instead of foreach's temporaries (on SmolLM2's 135M

@@ -51,3 +51,29 @@ def test_bf16_autocast_close_to_fp32(tiny_model, tokenizer):
     bf16 = sequence_logps(tiny_model, batch, autocast_dtype=torch.bfloat16).logps
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, fp32, atol=0.5, rtol=0.02)
+
+
+def test_token_logps_equal_the_plain_ops_in_value_and_gradient():
+    """The in-place backward gives the gradient autograd gives through log_softmax + gather (float64),
+    over more rows than one logsumexp block."""
+    from alignkit.engine.logprobs import token_logps
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(70, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (70,), generator=g)
+    plain = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(token_logps(logits.clone(), targets), plain)
+    weights = torch.randn(70, generator=g, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((plain * weights).sum(), logits)
+    (got,) = torch.autograd.grad((token_logps(logits * 1, targets) * weights).sum(), logits)
+    torch.testing.assert_close(got, expected)
+
+
+def test_token_logps_refuse_a_second_backward():
+    from alignkit.engine.logprobs import token_logps
+
+    logits = torch.randn(4, 5, requires_grad=True)
+    out = token_logps(logits * 1, torch.tensor([0, 1, 2, 3])).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        out.backward()

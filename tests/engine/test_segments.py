@@ -180,7 +180,7 @@ def test_checkpointing_enabled_by_the_loop_recomputes_per_segment_with_the_dense
     batch, and its gradients equal those of the dense mask without checkpointing; checkpointing enabled any
     other way keeps the dense mask (its recompute would run plain SDPA on the placeholder mask)."""
     from alignkit.engine.logprobs import packing_capacity
-    from alignkit.train.loop import enable_activation_checkpointing
+    from alignkit.train.recompute import enable_activation_checkpointing
 
     batch = build_groups(groups(4), 0, pack=True, row_tokens="all")
     grads = {}

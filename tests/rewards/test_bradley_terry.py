@@ -96,8 +96,8 @@ def test_checkpointed_reward_model_keeps_one_row_and_the_unchecked_gradients(tmp
     """The classifier holds a configuration of its own next to its backbone's: checkpointing enabled by the loop
     must switch both for the recompute, so the checkpointed model keeps per-segment attention (one row) and
     its rewards and gradients equal the unchecked model's."""
-    from alignkit.train.loop import enable_activation_checkpointing
     from alignkit.train.methods import reward_model
+    from alignkit.train.recompute import enable_activation_checkpointing
 
     fed = []
     monkeypatch.setattr(reward_model, "pair_batch", lambda *a, **k: fed.append(pair_batch(*a, **k)) or fed[-1])

@@ -179,16 +179,16 @@ def test_bco_running_mean_survives_resume(tmp_path, tokenizer):
     assert deltas[0] == deltas[1] and len(deltas[0]) == 4
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_activation_checkpointing_gives_the_same_training(tmp_path, tokenizer, lora, monkeypatch):
+@pytest.mark.parametrize(("lora", "kind"), [(False, "activation_checkpointing"), (True, "activation_checkpointing"),
+                                            (True, "selective_checkpointing")])
+def test_activation_checkpointing_gives_the_same_training(tmp_path, tokenizer, lora, kind, monkeypatch):
     # checkpointed models keep the dense mask; the unchecked run must too for bit-level equality (per-segment
     # attention reorders float sums, tested against the dense mask in tests/engine/test_segments.py)
     monkeypatch.setenv("ALIGNKIT_ATTENTION", "dense")
     common = ["max_steps=3", "batch_size=4", f"lora.enabled={str(lora).lower()}"]
     runs = {}
     for checkpointed in (False, True):
-        config = make_config(tmp_path / str(checkpointed), *common,
-                             f"activation_checkpointing={str(checkpointed).lower()}")
+        config = make_config(tmp_path / str(checkpointed), *common, f"{kind}={str(checkpointed).lower()}")
         torch.manual_seed(0)
         result = train(config, model=tiny_llama(tokenizer), tokenizer=tokenizer, log=lambda m: None)
         decoder = result.model.get_base_model() if lora else result.model

@@ -50,7 +50,7 @@ from alignkit.data.records import PreferencePair
 from alignkit.data.synthetic import SYNTHETIC_OBJECTIVES, make_vector_pairs
 from alignkit.data.tokenize import encode_pair
 from alignkit.engine.layouts import SequenceBatch, collate
-from alignkit.engine.logprobs import hidden_state_head
+from alignkit.engine.logprobs import hidden_state_head, token_logps
 from alignkit.objectives.mah_dpo import MultiHeadLM, mah_dpo_loss
 from alignkit.objectives.params import Params
 from alignkit.train.config import TrainConfig
@@ -110,9 +110,7 @@ def head_logps(lm: nn.Module, heads: Sequence[nn.Module], batch: SequenceBatch, 
             for start in range(0, selected.shape[0], chunk_size):
                 with autocast:
                     logits = head(selected[start:start + chunk_size])
-                logits = logits.float()
-                picked = logits.gather(-1, targets[start:start + chunk_size, None]).squeeze(-1)
-                parts.append(picked - logits.logsumexp(-1))
+                parts.append(token_logps(logits.float(), targets[start:start + chunk_size]))
             if parts:
                 sums = sums.index_add(0, row_of, torch.cat(parts))
         out.append(sums)
