@@ -59,6 +59,16 @@ CONFIGS: dict[str, tuple[str, dict]] = {
         "activation_checkpointing=true", "activation_checkpointing_every=3", "selective_checkpointing=true"]}),
     "alignkit_checkpointed_every4_selective": ("alignkit", {"overrides": [
         "activation_checkpointing=true", "activation_checkpointing_every=4", "selective_checkpointing=true"]}),
+    "alignkit_checkpointed_every6_selective": ("alignkit", {"overrides": [
+        "activation_checkpointing=true", "activation_checkpointing_every=6", "selective_checkpointing=true"]}),
+    "alignkit_checkpointed_every8_selective": ("alignkit", {"overrides": [
+        "activation_checkpointing=true", "activation_checkpointing_every=8", "selective_checkpointing=true"]}),
+    # glibc's malloc never maps large blocks on their own (M_MMAP_MAX=0): every block comes from the heap, so freed
+    # activation pages are reused rather than new pages mapped (tried on 2026-12-01, on both sides)
+    "alignkit_checkpointed_every8_selective_heap_only": ("alignkit", {"overrides": [
+        "activation_checkpointing=true", "activation_checkpointing_every=8", "selective_checkpointing=true"],
+        "env": {"MALLOC_MMAP_MAX_": "0"}}),
+    "trl_default_heap_only": ("trl", {"env": {"MALLOC_MMAP_MAX_": "0"}}),
     # one glibc malloc arena for every thread (glibc's default allows 8 per core): tried on 2026-12-01
     "alignkit_selective_arena1": ("alignkit", {"overrides": ["selective_checkpointing=true"],
                                                "env": {"MALLOC_ARENA_MAX": "1"}}),
