@@ -230,7 +230,10 @@ class _TokenLogps(torch.autograd.Function):
             raise RuntimeError("token log-probs can be back-propagated once (the backward reuses their logits)")
         ctx.spent = True
         logits, targets, lse = ctx.saved_tensors
-        gradient = logits.sub_(lse[:, None]).exp_().mul_(-grad[:, None])  # -softmax * grad, in place
+        # in place, unless the logits are a view (chunks of one logits tensor, for models without a plain
+        # hidden-state head): views share a version counter, and writing one would fail the other chunks' backward
+        shifted = logits.sub(lse[:, None]) if logits._base is not None else logits.sub_(lse[:, None])
+        gradient = shifted.exp_().mul_(-grad[:, None])  # -softmax * grad
         gradient.scatter_add_(-1, targets[:, None], grad[:, None])  # + onehot * grad
         return gradient, None
 

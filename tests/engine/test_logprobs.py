@@ -77,3 +77,19 @@ def test_token_logps_refuse_a_second_backward():
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="once"):
         out.backward()
+
+
+def test_token_logps_of_chunks_of_one_tensor_back_propagate_each():
+    """Chunks that are views of one logits tensor (the path for models without a plain hidden-state head) share a
+    version counter: the backward must not write them in place."""
+    from alignkit.engine.logprobs import token_logps
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7, (6,), generator=g)
+    whole = logits * 1
+    out = torch.cat([token_logps(whole[:3], targets[:3]), token_logps(whole[3:], targets[3:])])
+    (got,) = torch.autograd.grad(out.sum(), logits)
+    plain = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).sum()
+    (expected,) = torch.autograd.grad(plain, logits)
+    torch.testing.assert_close(got, expected)
