@@ -39,35 +39,30 @@ from alignkit.io import atomic_write_json
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-test-first1000.jsonl.gz"
 
+
+def checkpointing(every: int, selective: bool = False) -> list[str]:
+    """TrainConfig overrides: every ``every``-th layer fully checkpointed, the others selectively if asked."""
+    return ["activation_checkpointing=true", f"activation_checkpointing_every={every}",
+            *(["selective_checkpointing=true"] if selective else [])]
+
+
 # name -> (trainer, settings); alignkit settings are TrainConfig overrides on top of the common ones
 CONFIGS: dict[str, tuple[str, dict]] = {
     "alignkit_default": ("alignkit", {"overrides": []}),
     # checkpointed layers recompute inside per-segment attention's context (since 2026-12-01), so checkpointing keeps
     # per-segment attention and one row per batch; _dense is the dense 4-D mask it used before
     "alignkit_checkpointed": ("alignkit", {"overrides": ["activation_checkpointing=true"]}),
-    # every second decoder layer checkpointed: half the recompute for about half the activation saving
-    "alignkit_checkpointed_every2": ("alignkit", {"overrides": ["activation_checkpointing=true",
-                                                                "activation_checkpointing_every=2"]}),
-    "alignkit_checkpointed_every3": ("alignkit", {"overrides": ["activation_checkpointing=true",
-                                                                "activation_checkpointing_every=3"]}),
+    # every n-th decoder layer checkpointed (2: half the recompute for about half the activation saving)
+    **{f"alignkit_checkpointed_every{n}": ("alignkit", {"overrides": checkpointing(n)}) for n in (2, 3)},
     # selective checkpointing (alignkit.train.recompute): layers keep only matmul and attention outputs and recompute
     # norms, rotary embeddings, SiLU and residual adds; alone, or on the layers every-n full checkpointing leaves
     "alignkit_selective": ("alignkit", {"overrides": ["selective_checkpointing=true"]}),
-    "alignkit_checkpointed_every2_selective": ("alignkit", {"overrides": [
-        "activation_checkpointing=true", "activation_checkpointing_every=2", "selective_checkpointing=true"]}),
-    "alignkit_checkpointed_every3_selective": ("alignkit", {"overrides": [
-        "activation_checkpointing=true", "activation_checkpointing_every=3", "selective_checkpointing=true"]}),
-    "alignkit_checkpointed_every4_selective": ("alignkit", {"overrides": [
-        "activation_checkpointing=true", "activation_checkpointing_every=4", "selective_checkpointing=true"]}),
-    "alignkit_checkpointed_every6_selective": ("alignkit", {"overrides": [
-        "activation_checkpointing=true", "activation_checkpointing_every=6", "selective_checkpointing=true"]}),
-    "alignkit_checkpointed_every8_selective": ("alignkit", {"overrides": [
-        "activation_checkpointing=true", "activation_checkpointing_every=8", "selective_checkpointing=true"]}),
+    **{f"alignkit_checkpointed_every{n}_selective": ("alignkit", {"overrides": checkpointing(n, selective=True)})
+       for n in (2, 3, 4, 6, 8)},
     # glibc's malloc never maps large blocks on their own (M_MMAP_MAX=0): every block comes from the heap, so freed
     # activation pages are reused rather than new pages mapped (tried on 2026-12-01, on both sides)
-    "alignkit_checkpointed_every8_selective_heap_only": ("alignkit", {"overrides": [
-        "activation_checkpointing=true", "activation_checkpointing_every=8", "selective_checkpointing=true"],
-        "env": {"MALLOC_MMAP_MAX_": "0"}}),
+    "alignkit_checkpointed_every8_selective_heap_only": ("alignkit", {"overrides": checkpointing(8, selective=True),
+                                                                      "env": {"MALLOC_MMAP_MAX_": "0"}}),
     "trl_default_heap_only": ("trl", {"env": {"MALLOC_MMAP_MAX_": "0"}}),
     # one glibc malloc arena for every thread (glibc's default allows 8 per core): tried on 2026-12-01
     "alignkit_selective_arena1": ("alignkit", {"overrides": ["selective_checkpointing=true"],
@@ -78,9 +73,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     # glibc's mmap threshold fixed at 4 MiB on either side (freed blocks leave the process); tried as alignkit's
     # default on 2026-12-01 and not adopted (bench/README.md)
     "alignkit_mmap_4m": ("alignkit", {"overrides": [], "env": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}),
-    "alignkit_checkpointed_every2_mmap_4m": ("alignkit", {"overrides": [
-        "activation_checkpointing=true", "activation_checkpointing_every=2"], "env": {
-        "MALLOC_MMAP_THRESHOLD_": "4194304"}}),
+    "alignkit_checkpointed_every2_mmap_4m": ("alignkit", {"overrides": checkpointing(2),
+                                                          "env": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}),
     "trl_default_mmap_4m": ("trl", {"env": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}),
     # packed rows cut at the batch's longest group (the default until 2026-12-01; now one row per batch)
     "alignkit_longest_rows": ("alignkit", {"overrides": ["pack_row_tokens=longest"]}),

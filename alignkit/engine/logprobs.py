@@ -108,10 +108,7 @@ def uses_segments(model: nn.Module, attention: str = "auto") -> bool:
         return False
     # a checkpointed layer's recompute runs in the backward, outside the forward's segments.segment_attention():
     # per segment only when checkpointing re-enters it (segments.checkpoint_kwargs), else the dense mask
-    inner = _unwrap(getattr(model, "module", model))
-    checkpointed = getattr(inner, "is_activation_checkpointing", None)  # transformers >= 5 name
-    if checkpointed is None:
-        checkpointed = getattr(inner, "is_gradient_checkpointing", False)
+    checkpointed = getattr(_unwrap(getattr(model, "module", model)), "is_activation_checkpointing", False)
     return not checkpointed or segments.recomputes_in_segments(model)
 
 
@@ -218,8 +215,7 @@ class _TokenLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
-        lse = torch.cat([block.logsumexp(-1) for block in logits.split(_TokenLogps.ROWS)]) if len(logits) else (
-            logits.new_zeros(0))
+        lse = torch.cat([block.logsumexp(-1) for block in logits.split(_TokenLogps.ROWS)])
         ctx.save_for_backward(logits, targets, lse)
         ctx.spent = False
         return logits.gather(-1, targets[:, None]).squeeze(-1) - lse

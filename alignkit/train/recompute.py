@@ -68,15 +68,9 @@ def enable_activation_checkpointing(model: nn.Module, every_n_layers: int = 1, f
     if not (full or selective):
         return
     kwargs = checkpoint_kwargs(model)
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
+    enable = getattr(model, "activation_checkpointing_enable", None)
     if not callable(enable):
-        enable = getattr(model, "gradient_checkpointing_enable", None)
-        if not callable(enable):
-            raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support it")
-        if every_n_layers != 1 or selective:
-            raise ValueError("activation_checkpointing_every and selective_checkpointing need transformers >= 5")
-        enable(gradient_checkpointing_kwargs=kwargs)
-        return
+        raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support it")
     enable(activation_checkpointing_kwargs=kwargs)  # every layer; then each is set to its kind below
     from transformers.modeling_layers import GradientCheckpointingLayer
 
