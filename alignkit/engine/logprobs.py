@@ -209,13 +209,13 @@ class _TokenLogps(torch.autograd.Function):
     shift, exp and product, gather's scatter, their sum): over a 49k vocabulary that is ~120 MB each per 600
     response tokens, seven or so per step, each first-touched page by page. Here the backward turns the logits it
     saved into the gradient in place, ``(onehot - softmax) * grad``, and the forward's logsumexp runs in row
-    blocks whose temporaries the allocator reuses. Same values as the plain ops up to float reordering."""
+    blocks through one scratch buffer. Same values as the plain ops up to float reordering."""
 
     ROWS = 64  # logsumexp row block: 64 x 49k floats = 12.6 MB of temporaries
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
-        lse = torch.cat([block.logsumexp(-1) for block in logits.split(_TokenLogps.ROWS)])
+        lse = _row_logsumexp(logits, _TokenLogps.ROWS)
         ctx.save_for_backward(logits, targets, lse)
         ctx.spent = False
         return logits.gather(-1, targets[:, None]).squeeze(-1) - lse
@@ -232,6 +232,21 @@ class _TokenLogps(torch.autograd.Function):
         gradient = shifted.exp_().mul_(-grad[:, None])  # -softmax * grad
         gradient.scatter_add_(-1, targets[:, None], grad[:, None])  # + onehot * grad
         return gradient, None
+
+
+def _row_logsumexp(logits: Tensor, rows: int) -> Tensor:
+    """``logits.logsumexp(-1)`` (no autograd), ``rows`` rows at a time through one scratch block: ``logsumexp``
+    itself allocates a fresh block-sized temporary per call, and the allocator hands each one back to the system,
+    so every block paid its page faults again (15 ms per 64 x 49k block, against ~2 ms for the arithmetic)."""
+    lse = logits.new_empty(logits.shape[:-1])
+    scratch = logits.new_empty((min(rows, logits.shape[0]), logits.shape[-1]))
+    for start in range(0, logits.shape[0], rows):
+        block = logits[start:start + rows]
+        peak = block.amax(-1, keepdim=True)
+        peak.masked_fill_(peak.isinf(), 0)  # as torch.logsumexp: an infinite peak is not subtracted
+        shifted = torch.sub(block, peak, out=scratch[:block.shape[0]])
+        lse[start:start + rows] = shifted.exp_().sum(-1).log_().add_(peak.squeeze(-1))
+    return lse
 
 
 @dataclass

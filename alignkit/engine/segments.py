@@ -89,20 +89,27 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    # Split, never narrow, the operands: a narrow's backward zero-fills a tensor of the whole operand's size and
+    # autograd sums those, one per segment (40 per layer for 4 HH pairs); a split's backward is one concatenation.
+    per_row = [(query, key, value)] if query.shape[0] == 1 else zip(*(t.split(1) for t in (query, key, value)),
+                                                                    strict=True)
     rows = []
-    for r, calls in enumerate(segment_plan.rows):
-        query_r, key_r, value_r = query[r:r + 1], key[r:r + 1], value[r:r + 1]  # few ops: each is replayed
-        parts = []  # by selective checkpointing's dispatch mode
-        for q0, q1, p0, p1 in calls:
-            q = query_r.narrow(2, q0, q1 - q0)
-            if p0 == p1:
-                parts.append(_sdpa(q, key_r.narrow(2, q0, q1 - q0), value_r.narrow(2, q0, q1 - q0), None, dropout,
-                                   scaling))
-            else:
-                k = torch.cat([key_r.narrow(2, p0, p1 - p0), key_r.narrow(2, q0, q1 - q0)], 2)
-                v = torch.cat([value_r.narrow(2, p0, p1 - p0), value_r.narrow(2, q0, q1 - q0)], 2)
-                parts.append(_sdpa(q, k, v, segment_plan.mask(p1 - p0, q1 - q0, query.device), dropout, scaling))
+    for calls, (query_r, key_r, value_r) in zip(segment_plan.rows, per_row, strict=True):
         used = calls[-1][1] if calls else 0
+        sizes = [q1 - q0 for q0, q1, _, _ in calls] + ([segment_plan.width - used] if used < segment_plan.width else [])
+        queries, keys, values = (t.split(sizes, 2) for t in (query_r, key_r, value_r))
+        group_of = {}  # a group's first call [prompt | r1] starts where its prefix starts
+        parts = []
+        for i, (q0, q1, p0, p1) in enumerate(calls):
+            if p0 == p1:
+                group_of[q0] = i
+                parts.append(_sdpa(queries[i], keys[i], values[i], None, dropout, scaling))
+            else:
+                first, prefix = group_of[p0], p1 - p0
+                k = torch.cat([keys[first].narrow(2, 0, prefix), keys[i]], 2)
+                v = torch.cat([values[first].narrow(2, 0, prefix), values[i]], 2)
+                parts.append(_sdpa(queries[i], k, v, segment_plan.mask(prefix, q1 - q0, query.device), dropout,
+                                   scaling))
         if used < segment_plan.width:
             parts.append(query.new_zeros(1, query.shape[1], segment_plan.width - used, query.shape[3]))
         rows.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
 from torch import nn
 from transformers import get_scheduler
 
@@ -45,6 +45,7 @@ from alignkit.train.methods import BatchContext, Method, build_method
 from alignkit.train.recompute import enable_activation_checkpointing
 from alignkit.train.reference import AdapterDisabledReference, FrozenCopyReference, PrecomputedReference
 from alignkit.train.rundir import ReplacedRun, claim, truncate_metrics
+from alignkit.train.tied_embedding import accumulate_tied_embedding_sparsely
 
 
 class TrainingDiverged(RuntimeError):
@@ -156,8 +157,6 @@ def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
     before anything is written. DeepSpeed clips gradients and counts accumulation itself, so its values must
     be the config's; ZeRO-3's ``zero3_init_flag`` would partition the model while it loads, but the loop
     needs the whole model first (precomputed reference, frozen copy, LoRA) and partitions it in ``prepare``."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return
     plugin = accelerator.state.deepspeed_plugin
@@ -220,6 +219,8 @@ def _run(config: TrainConfig, accelerator: Accelerator, method: Method, referenc
                            if reference_mode == "adapter" else None)
     enable_activation_checkpointing(model, config.activation_checkpointing_every, full=config.activation_checkpointing,
                                     selective=config.selective_checkpointing)
+    if world == 1 and accelerator.distributed_type == DistributedType.NO:
+        accumulate_tied_embedding_sparsely(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
     # the fused kernel: one pass over the parameters instead of foreach's temporaries (on SmolLM2's 135M

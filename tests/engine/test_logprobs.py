@@ -93,3 +93,15 @@ def test_token_logps_of_chunks_of_one_tensor_back_propagate_each():
     plain = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).sum()
     (expected,) = torch.autograd.grad(plain, logits)
     torch.testing.assert_close(got, expected)
+
+
+def test_row_logsumexp_equals_torch_logsumexp_with_infinities_and_a_short_last_block():
+    from alignkit.engine.logprobs import _row_logsumexp
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(70, 13, generator=g, dtype=torch.float64) * 7
+    logits[3] = -float("inf")  # a row of -inf: -inf
+    logits[4, 2] = float("inf")  # an infinite logit: inf
+    logits[5, :6] = -float("inf")  # some -inf entries: finite
+    torch.testing.assert_close(_row_logsumexp(logits, 16), logits.logsumexp(-1))
+    assert _row_logsumexp(logits[:0], 16).shape == (0,)

@@ -196,3 +196,26 @@ def test_checkpointing_enabled_by_the_loop_recomputes_per_segment_with_the_dense
         grads[name] = (out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads["checkpointed"][0], grads["dense"][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(grads["checkpointed"][1], grads["dense"][1], atol=1e-5, rtol=0)
+
+
+def test_the_backward_fills_no_tensor_the_size_of_the_whole_row():
+    """Each operand is split into segments, not narrowed: a narrow's backward writes a zero-filled tensor as wide as
+    the row, one per segment per layer, and autograd sums them (seconds per step on SmolLM2)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class WidestSliceBackward(TorchDispatchMode):
+        widest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.slice_backward.default and out.dim() == 4 and args[2] == 2:  # along tokens
+                self.widest = max(self.widest, out.shape[2])
+            return out
+
+    model = gqa_llama()
+    batch = build_groups(groups(2), 0, pack=True, row_tokens=40)
+    width = batch.input_ids.shape[1]
+    loss = sequence_logps(model, batch, attention="segments").logps.sum()
+    with WidestSliceBackward() as seen:
+        loss.backward()
+    assert 0 < seen.widest < width / 2  # only a group's own prompt keys, for its second and later responses
